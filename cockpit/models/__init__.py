@@ -12,10 +12,14 @@ from cockpit.models.opportunity import (
 )
 from cockpit.models.owner import OrgTree, Owner
 from cockpit.models.pipeline import ForecastCategory, Pipeline, Stage
-from cockpit.models.snapshot import DealSnapshot
+from cockpit.models.score import DealScore, Reason
+from cockpit.models.snapshot import DealHistory, DealSnapshot, end_of_day, snapshot_of
 from cockpit.models.sync import SyncBatch, SyncProgress
 
 __all__ = [
+    "DealHistory",
+    "DealScore",
+    "Reason",
     "Activity",
     "DealSnapshot",
     "Attribute",
@@ -33,4 +37,6 @@ __all__ = [
     "SyncBatch",
     "SyncProgress",
     "complete_history",
+    "end_of_day",
+    "snapshot_of",
 ]

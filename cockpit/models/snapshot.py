@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from collections.abc import Mapping
+from datetime import date, datetime, time, timedelta, timezone
 
 from pydantic import BaseModel, ConfigDict
 
-from cockpit.models.opportunity import Opportunity
+from cockpit.models.opportunity import Opportunity, StageChange
+from cockpit.models.pipeline import Stage
 
 
 class DealSnapshot(BaseModel):
@@ -24,3 +26,65 @@ class DealSnapshot(BaseModel):
     """Number of stage changes up to `as_of`."""
     close_date_pushes: int = 0
     """How often the close date moved later up to `as_of`."""
+
+
+class DealHistory(BaseModel):
+    """A deal with its complete history: the raw material of the win model and of "what changed"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deal: Opportunity
+    changes: tuple[StageChange, ...]
+    """Complete snapshot rows, oldest first (see `complete_history`)."""
+    activities: tuple[date, ...] = ()
+    """Dates of logged activities, oldest first."""
+
+
+def end_of_day(day: date) -> datetime:
+    """The instant after `day` ends (UTC): "as of D" means everything before this."""
+    return datetime.combine(day + timedelta(days=1), time.min, tzinfo=timezone.utc)
+
+
+def snapshot_of(history: DealHistory, as_of: date, stages: Mapping[str, Stage]) -> DealSnapshot | None:
+    """The deal as it stood at the end of `as_of`, or None if it did not exist yet.
+
+    This is the reference definition the store's SQL reconstruction is tested against.
+    """
+    cutoff = end_of_day(as_of)
+    rows = [c for c in history.changes if c.changed_at < cutoff]
+    if not rows:
+        return None
+    last = rows[-1]
+    entered = last.changed_at
+    stage_changes = 0
+    pushes = 0
+    for prev, row in zip(rows, rows[1:]):
+        if row.stage_id != prev.stage_id:
+            stage_changes += 1
+        if row.close_date and prev.close_date and row.close_date > prev.close_date:
+            pushes += 1
+    for row in reversed(rows):
+        if row.stage_id != last.stage_id:
+            break
+        entered = row.changed_at
+    stage = stages[last.stage_id]
+    deal = history.deal
+    closed_at = last.changed_at if stage.is_closed else None
+    update = {
+        "stage_id": last.stage_id,
+        "amount": last.amount if last.amount is not None else deal.amount,
+        "close_date": last.close_date,
+        "forecast_category": last.forecast_category,
+        "is_closed": stage.is_closed,
+        "is_won": stage.is_won,
+        "closed_at": (deal.closed_at if deal.closed_at and deal.closed_at < cutoff else closed_at),
+    }
+    if not stage.is_closed:
+        update["closed_at"] = None
+    return DealSnapshot.model_construct(
+        as_of=as_of,
+        deal=deal.model_copy(update=update),
+        stage_entered_at=entered,
+        stage_changes=stage_changes,
+        close_date_pushes=pushes,
+    )
