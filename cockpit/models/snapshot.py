@@ -68,22 +68,18 @@ def snapshot_of(history: DealHistory, as_of: date, stages: Mapping[str, Stage]) 
             break
         entered = row.changed_at
     stage = stages[last.stage_id]
-    deal = history.deal
-    closed_at = last.changed_at if stage.is_closed else None
     update = {
         "stage_id": last.stage_id,
-        "amount": last.amount if last.amount is not None else deal.amount,
+        "amount": last.amount if last.amount is not None else history.deal.amount,
         "close_date": last.close_date,
         "forecast_category": last.forecast_category,
         "is_closed": stage.is_closed,
         "is_won": stage.is_won,
-        "closed_at": (deal.closed_at if deal.closed_at and deal.closed_at < cutoff else closed_at),
+        "closed_at": entered if stage.is_closed else None,
     }
-    if not stage.is_closed:
-        update["closed_at"] = None
     return DealSnapshot.model_construct(
         as_of=as_of,
-        deal=deal.model_copy(update=update),
+        deal=history.deal.model_copy(update=update),
         stage_entered_at=entered,
         stage_changes=stage_changes,
         close_date_pushes=pushes,
