@@ -1,0 +1,5 @@
+"""SQLite store: the only SQL in the project."""
+
+from cockpit.store.store import Store, StoreError, SyncRun
+
+__all__ = ["Store", "StoreError", "SyncRun"]

@@ -1,0 +1,96 @@
+"""Command line: `cockpit` opens the TUI; subcommands run headless.
+
+Exit codes: 0 ok, 1 failure (sync, I/O), 2 bad usage or configuration. Heavy modules are imported
+after argument parsing so `cockpit --version` and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cockpit import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line: exit code 2."""
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Global options, accepted before or after the subcommand (the later one wins)."""
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--data-dir", metavar="DIR", default=default,
+                        help="store directory (default: $COCKPIT_DATA_DIR or the platform data dir)")
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="config file (default: $COCKPIT_CONFIG or the platform config dir)")
+    parser.add_argument("--as-of", metavar="DATE", default=default, help="treat DATE (YYYY-MM-DD) as today")
+    parser.add_argument("-q", "--quiet", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="no progress output")
+    parser.add_argument("--log-level", default="INFO" if top else argparse.SUPPRESS,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cockpit",
+        description="Review the quarter's deals and commit the forecast. Without a command, opens the cockpit.",
+    )
+    parser.add_argument("--version", action="version", version=f"cockpit {__version__}")
+    _add_common(parser, top=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, top=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    tui = sub.add_parser("tui", parents=[common], help="open the cockpit (the default)")
+    tui.add_argument("--no-mouse", action="store_true", help="turn mouse tracking off (default over SSH)")
+    tui.add_argument("--mouse", action="store_true", help="turn mouse tracking on even over SSH")
+
+    sync = sub.add_parser("sync", parents=[common], help="pull deals from a CRM or export into the store")
+    sync.add_argument("--connector", help="demo, csv, ... (default: from config, else demo)")
+    sync.add_argument("--source", help="source of the connector (e.g. the CSV export directory)")
+    sync.add_argument("--mapping", help="CSV column mapping (TOML)")
+    sync.add_argument("--skip-bad-rows", action="store_true", help="CSV: skip bad rows and report each")
+    sync.add_argument("--full", action="store_true", help="ignore the resume cursor; fetch everything")
+    sync.add_argument("--demo-size", type=int, metavar="N", help="demo: number of opportunities (up to 1,000,000)")
+    sync.add_argument("--demo-seed", type=int, metavar="N", help="demo: seed")
+    sync.add_argument("--check", action="store_true", help="verify credentials and show what can be read; write nothing")
+    sync.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    deals = sub.add_parser("deals", parents=[common], help="list open deals")
+    deals.add_argument("--quarter", help="FY2027-Q1, 2026Q4, current, next, previous (default: current)")
+    deals.add_argument("--stage", help="stage name or id")
+    deals.add_argument("--owner", help="owner (or manager: their whole team) by name or id")
+    deals.add_argument("--pipeline", help="pipeline id")
+    fmt = deals.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON output")
+    fmt.add_argument("--csv", action="store_true", help="CSV output")
+
+    config = sub.add_parser("config", parents=[common], help="show or create the config file")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    config_sub.add_parser("path", parents=[common], help="print the config file's path")
+    init = config_sub.add_parser("init", parents=[common], help="write a commented config template")
+    init.add_argument("--connector", default="demo")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    config_sub.add_parser("show", parents=[common], help="print the settings in effect")
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from cockpit.cli import run
+
+    try:
+        code = run(args)
+    except KeyboardInterrupt:
+        print("cockpit: interrupted", file=sys.stderr)
+        code = 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""CockpitApp: wiring only — screens, global bindings, keymap, and the one worker-error route."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on
+from textual.app import App
+from textual.binding import Binding
+from textual.worker import Worker, WorkerState
+
+from cockpit.config import Settings
+from cockpit.screens.help import HelpScreen
+from cockpit.screens.pipeline import PipelineScreen
+from cockpit.service import CockpitService
+
+
+class CockpitApp(App[None]):
+    """The Deal Cockpit terminal app."""
+
+    CSS_PATH = Path(__file__).with_name("app.tcss")
+    TITLE = "Deal Cockpit"
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="app-quit", tooltip="Leave the cockpit"),
+        Binding("question_mark", "help", "Help", id="app-help", tooltip="Every key of this screen"),
+    ]
+
+    def __init__(self, service: CockpitService, settings: Settings) -> None:
+        super().__init__()
+        self.service = service
+        self.settings = settings
+
+    def on_mount(self) -> None:
+        if self.settings.ui.keymap:
+            self.set_keymap(self.settings.ui.keymap)
+        if self.settings.ui.theme:
+            self.theme = self.settings.ui.theme
+        self.push_screen(PipelineScreen(self.service))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    @on(Worker.StateChanged)
+    def report_worker_error(self, event: Worker.StateChanged) -> None:
+        """Every failed worker ends here: a titled notification, the last good data stays on screen."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        title = getattr(error, "title", None) or "Something went wrong"
+        message = getattr(error, "message", None) or str(error)
+        self.log.error(f"worker {event.worker.name} failed: {error!r}")
+        self.notify(message, title=title, severity="error", timeout=10)
+        for screen in self.screen_stack:
+            for widget in screen.query("DataTable"):
+                widget.loading = False
+
+
+def build_app(service: CockpitService, settings: Settings) -> CockpitApp:
+    """The one factory the CLI and the tests use."""
+    return CockpitApp(service, settings)

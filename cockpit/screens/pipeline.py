@@ -1,0 +1,252 @@
+"""The open pipeline of a quarter: totals in a header, one row per deal, sort and filter by key."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.reactive import var
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Static
+from textual.worker import get_current_worker
+
+from cockpit.format import compact, money
+from cockpit.service import CockpitService, DealFilter, DealRow
+
+
+@dataclass(frozen=True)
+class Column:
+    """A typed column spec: key, label, how to render and how to sort."""
+
+    key: str
+    label: str
+    width: int | None = None
+    numeric: bool = False
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("owner", "Owner", 12),
+    Column("account", "Account", 24),
+    Column("stage", "Stage", 12),
+    Column("amount", "Amount", 14, numeric=True),
+    Column("close", "Close", 10),
+    Column("category", "Category", 9),
+    Column("days", "Days", 5, numeric=True),
+)
+
+
+def cell(row: DealRow, key: str) -> str:
+    deal = row.deal
+    match key:
+        case "owner":
+            return row.owner_name
+        case "account":
+            return deal.account or deal.name
+        case "stage":
+            return row.stage_name
+        case "amount":
+            return money(deal.amount, deal.currency)
+        case "close":
+            return deal.close_date.isoformat() if deal.close_date else "–"
+        case "category":
+            return row.category.label
+        case "days":
+            return str(row.days_in_stage)
+    raise KeyError(key)
+
+
+def sort_key(row: DealRow, key: str) -> tuple:
+    deal = row.deal
+    match key:
+        case "amount":
+            return (deal.currency, deal.amount)
+        case "days":
+            return (row.days_in_stage,)
+        case "close":
+            return (deal.close_date.isoformat() if deal.close_date else "9999",)
+        case "category":
+            return (list(type(row.category)).index(row.category),)
+    return (cell(row, key).casefold(),)
+
+
+class PipelineScreen(Screen[None]):
+    """The quarter's open deals."""
+
+    BINDINGS = [
+        Binding("left_square_bracket", "sort(False)", "Sort ↑", id="pipeline-sort-asc", tooltip="Sort ascending by the current column"),
+        Binding("right_square_bracket", "sort(True)", "Sort ↓", id="pipeline-sort-desc", tooltip="Sort descending by the current column"),
+        Binding("slash", "filter", "Filter", id="pipeline-filter", tooltip="Filter by owner, stage, account or category"),
+        Binding("escape", "clear_filter", "Clear", show=False, id="pipeline-clear-filter"),
+        Binding("r", "refresh", "Refresh", id="pipeline-refresh", tooltip="Reload the deals from the store"),
+    ]
+    """
+    | Key | Action |
+    | :- | :- |
+    | `[` / `]` | Sort ascending / descending by the current column. |
+    | `/` | Filter rows by text (owner, stage, account, category). |
+    | `escape` | Clear the filter. |
+    | `r` | Reload from the store. |
+    """
+
+    rows: var[list[DealRow]] = var(list, init=False)
+    """Every deal of the quarter as loaded."""
+    filter_text: var[str] = var("", init=False)
+    """Case-insensitive text a row must contain to be shown."""
+
+    class DealsLoaded(Message):
+        """The deals of the quarter were read from the store."""
+
+        def __init__(self, rows: list[DealRow], title: str) -> None:
+            super().__init__()
+            self.rows = rows
+            self.title = title
+
+    class SyncProgressed(Message):
+        """First-run sync progress (posted from the loading thread)."""
+
+        def __init__(self, records: int, total: int | None, message: str) -> None:
+            super().__init__()
+            self.records = records
+            self.total = total
+            self.message = message
+
+    def __init__(self, service: CockpitService) -> None:
+        super().__init__()
+        self.service = service
+        self.sort_column = "amount"
+        self.sort_reverse = True
+
+    def compose(self) -> ComposeResult:
+        yield Static("Loading deals…", id="pipeline-header")
+        with Horizontal(id="sync-status"):
+            yield Label("", id="sync-label")
+            yield ProgressBar(id="sync-progress", show_eta=False)
+        yield Input(placeholder="filter: owner, stage, account, category — enter to apply, escape to clear", id="filter")
+        table: DataTable[str] = DataTable(id="deal-table", cursor_type="row", zebra_stripes=True)
+        for col in COLUMNS:
+            table.add_column(col.label, key=col.key, width=col.width)
+        yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#filter").display = False
+        self.query_one("#sync-status").display = False
+        self.query_one(DataTable).loading = True
+        self.load_deals()
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load_deals(self) -> None:
+        """Read the quarter's deals; on an empty store, sync the demo first (with progress)."""
+        worker = get_current_worker()
+        if self.service.store_is_empty():
+            self.app.call_from_thread(self._show_sync, True)
+            import asyncio
+
+            connector = self.service.make_connector()
+
+            def report(p) -> None:  # noqa: ANN001 - SyncProgress
+                self.post_message(self.SyncProgressed(p.records, p.total, p.message))
+
+            asyncio.run(self.service.sync(connector, progress=report))
+            self.app.call_from_thread(self._show_sync, False)
+        if worker.is_cancelled:
+            return
+        quarter = self.service.current_quarter()
+        rows = self.service.deals(DealFilter(quarter=quarter))
+        self.post_message(self.DealsLoaded(rows, quarter.label))
+
+    def _show_sync(self, visible: bool) -> None:
+        self.query_one("#sync-status").display = visible
+        if visible:
+            self.query_one("#sync-label", Label).update("First run: loading the demo CRM… ")
+
+    @on(SyncProgressed)
+    def show_sync_progress(self, event: SyncProgressed) -> None:
+        bar = self.query_one("#sync-progress", ProgressBar)
+        bar.update(total=event.total, progress=event.records)
+
+    @on(DealsLoaded)
+    def show_deals(self, event: DealsLoaded) -> None:
+        self.quarter_label = event.title
+        self.rows = event.rows
+        self.query_one(DataTable).loading = False
+
+    def watch_rows(self) -> None:
+        self._render_rows()
+
+    def watch_filter_text(self) -> None:
+        self._render_rows()
+
+    def visible_rows(self) -> list[DealRow]:
+        text = self.filter_text.casefold()
+        rows = self.rows
+        if text:
+            rows = [
+                r for r in rows
+                if text in " ".join((r.owner_name, r.stage_name, r.deal.account, r.deal.name, r.category.label)).casefold()
+            ]
+        return sorted(rows, key=lambda r: (sort_key(r, self.sort_column), r.deal.id), reverse=self.sort_reverse)
+
+    def _render_rows(self) -> None:
+        table = self.query_one(DataTable)
+        current = None
+        if table.row_count and table.cursor_row is not None:
+            try:
+                current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+            except Exception:  # noqa: BLE001 - an empty or shrinking table has no cursor cell
+                current = None
+        rows = self.visible_rows()
+        table.clear()
+        for row in rows:
+            table.add_row(*(cell(row, c.key) for c in COLUMNS), key=row.deal.id)
+        if current is not None and current in {r.deal.id for r in rows}:
+            table.move_cursor(row=table.get_row_index(current))
+        self._render_header(rows)
+
+    def _render_header(self, rows: list[DealRow]) -> None:
+        by_currency: dict[str, Decimal] = defaultdict(Decimal)
+        by_category: dict[str, Decimal] = defaultdict(Decimal)
+        for row in rows:
+            by_currency[row.deal.currency] += row.deal.amount
+            by_category[f"{row.category.label} {row.deal.currency}"] += row.deal.amount
+        totals = " · ".join(f"{cur} {compact(v)}" for cur, v in sorted(by_currency.items()))
+        cats = "  ".join(f"{k} {compact(v)}" for k, v in sorted(by_category.items()))
+        shown = f"{len(rows)} of {len(self.rows)}" if self.filter_text else f"{len(rows)}"
+        flt = f"  filter: “{self.filter_text}”" if self.filter_text else ""
+        self.query_one("#pipeline-header", Static).update(
+            f"[b]{getattr(self, 'quarter_label', '')}[/b] open pipeline · {shown} deals · {totals}{flt}\n{cats}"
+        )
+
+    def action_sort(self, descending: bool) -> None:
+        table = self.query_one(DataTable)
+        self.sort_column = COLUMNS[table.cursor_column].key
+        self.sort_reverse = descending
+        self._render_rows()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.value = self.filter_text
+        box.focus()
+
+    @on(Input.Submitted, "#filter")
+    def apply_filter(self, event: Input.Submitted) -> None:
+        self.filter_text = event.value.strip()
+        event.input.display = False
+        self.query_one(DataTable).focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.display = False
+        self.filter_text = ""
+        self.query_one(DataTable).focus()
+
+    def action_refresh(self) -> None:
+        self.query_one(DataTable).loading = True
+        self.load_deals()

@@ -1,0 +1,239 @@
+"""The one facade the CLI and the screens call: sync, deals as of a date, scores, forecast, submit.
+
+No Textual here. Every method opens its own store connection, so a thread worker can call it
+while the UI thread reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from cockpit.config import STORE_FILE, Settings, data_dir
+from cockpit.models import (
+    DealSnapshot,
+    FiscalCalendar,
+    ForecastCategory,
+    OrgTree,
+    Pipeline,
+    Quarter,
+    SyncProgress,
+)
+from cockpit.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncSummary:
+    """What one sync run did."""
+
+    run_id: int
+    connector: str
+    batches: int
+    opportunities: int
+    changes: int
+    seconds: float
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True)
+class DealFilter:
+    """Which deals a listing shows."""
+
+    quarter: Quarter | None = None
+    stage: str | None = None
+    owner: str | None = None
+    pipeline: str | None = None
+    include_past_due: bool = True
+    """Open deals whose close date already passed count in the current quarter (they still need a call)."""
+
+
+@dataclass
+class DealRow:
+    """One row of a deal listing: the deal as of a date, with names resolved."""
+
+    snapshot: DealSnapshot
+    owner_name: str
+    stage_name: str
+    pipeline_name: str
+    category: ForecastCategory
+    days_in_stage: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def deal(self):  # noqa: ANN201 - Opportunity
+        return self.snapshot.deal
+
+
+class CockpitService:
+    """Orchestration over the store, connectors, scoring and forecast layers."""
+
+    def __init__(self, settings: Settings, data_path: Path | str | None = None, *, today: date | None = None) -> None:
+        self.settings = settings
+        self.data_dir = data_dir(settings, data_path)
+        self.store_path = self.data_dir / STORE_FILE
+        self._today = today or settings.as_of
+        self.calendar = FiscalCalendar(start_month=settings.calendar.fiscal_start_month)
+
+    # -- basics --------------------------------------------------------------------------------
+
+    def today(self) -> date:
+        """The review's "today": pinned by config/--as-of, else the real date."""
+        return self._today or datetime.now(timezone.utc).date()
+
+    def current_quarter(self) -> Quarter:
+        return self.calendar.quarter_of(self.today())
+
+    def parse_quarter(self, text: str | None) -> Quarter:
+        return self.current_quarter() if not text else self.calendar.parse_quarter(text, self.today())
+
+    @contextmanager
+    def store(self, *, create: bool = True) -> Iterator[Store]:
+        store = Store.open(self.store_path, create=create)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def store_is_empty(self) -> bool:
+        if not self.store_path.exists():
+            return True
+        with self.store() as store:
+            return store.is_empty()
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    def make_connector(self, name: str | None = None, **overrides: Any):  # noqa: ANN201 - Connector
+        """Build the named (or configured) connector with its settings from config."""
+        import connectors
+
+        name = name or self.settings.connector
+        options: dict[str, Any] = {}
+        if name == "demo":
+            options = {"seed": self.settings.demo.seed, "size": self.settings.demo.size, "as_of": self.today()}
+        elif name == "csv":
+            options = {
+                "source": self.settings.csv.source,
+                "mapping": self.settings.csv.mapping,
+                "skip_bad_rows": self.settings.csv.skip_bad_rows,
+            }
+        else:
+            options = dict(self.settings.connectors.get(name, {}))
+        options.update({k: v for k, v in overrides.items() if v is not None})
+        if name == "csv" and not options.get("source"):
+            raise connectors.ConnectorError(
+                "No CSV source", "say where the export is: `cockpit sync --connector csv --source DIR`"
+            )
+        return connectors.create(name, **options)
+
+    async def sync(
+        self,
+        connector: Any,
+        *,
+        source: str | None = None,
+        full: bool = False,
+        progress: Callable[[SyncProgress], None] | None = None,
+    ) -> SyncSummary:
+        """Pull batches from the connector into the store, one transaction per batch.
+
+        An interrupted run keeps every batch it finished and is resumed from its cursor next
+        time; connectors that sync incrementally resume from the newest cursor of any run.
+        """
+        started = time.perf_counter()
+        with self.store() as store:
+            cursor = None
+            if not full:
+                last = next((r for r in store.sync_runs(50) if r.connector == connector.name and r.source == source), None)
+                incremental = getattr(connector, "incremental", False)
+                if last is not None and (incremental or last.status != "ok"):
+                    cursor = last.cursor
+            run_id = store.begin_sync(connector.name, source)
+            batches = opportunities = changes = 0
+            try:
+                async for batch in connector.batches(cursor, progress):
+                    store.apply_batch(run_id, batch)
+                    batches += 1
+                    opportunities += len(batch.opportunities)
+                    changes += len(batch.changes)
+            except BaseException as exc:
+                store.finish_sync(run_id, "interrupted" if not isinstance(exc, Exception) else "failed", str(exc))
+                raise
+            store.finish_sync(run_id, "ok")
+        return SyncSummary(
+            run_id, connector.name, batches, opportunities, changes, time.perf_counter() - started, cursor
+        )
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def pipelines(self) -> list[Pipeline]:
+        with self.store() as store:
+            return store.pipelines()
+
+    def org(self) -> OrgTree:
+        with self.store() as store:
+            return OrgTree(store.owners())
+
+    def deals(self, flt: DealFilter | None = None, as_of: date | None = None) -> list[DealRow]:
+        """Open deals as of a date (default today), in the filter's quarter (default: current)."""
+        flt = flt or DealFilter()
+        as_of = as_of or self.today()
+        quarter = flt.quarter or self.calendar.quarter_of(as_of)
+        with self.store(create=False) as store:
+            pipelines = {p.id: p for p in store.pipelines()}
+            stages = {s.id: (p, s) for p in pipelines.values() for s in p.stages}
+            tree = OrgTree(store.owners())
+            owner_ids = tree.subtree(tree.find(flt.owner).id) if flt.owner else None
+            stage_id = self._resolve_stage(flt.stage, stages, flt.pipeline) if flt.stage else None
+            past_due = flt.include_past_due and quarter.contains(as_of)
+            snaps = store.snapshot(
+                as_of,
+                close_from=None if past_due else quarter.start,
+                close_before=quarter.end,
+                owner_ids=owner_ids,
+                pipeline_id=flt.pipeline,
+                stage_id=stage_id,
+            )
+        rows = []
+        for snap in snaps:
+            deal = snap.deal
+            pipeline, stage = stages[deal.stage_id]
+            rows.append(
+                DealRow(
+                    snapshot=snap,
+                    owner_name=tree.owners[deal.owner_id].name if deal.owner_id in tree.owners else deal.owner_id,
+                    stage_name=stage.name,
+                    pipeline_name=pipeline.name,
+                    category=deal.forecast_category or stage.category,
+                    days_in_stage=max(0, (as_of - snap.stage_entered_at.date()).days),
+                )
+            )
+        return rows
+
+    @staticmethod
+    def _resolve_stage(text: str, stages: dict[str, tuple[Pipeline, Any]], pipeline: str | None) -> str:
+        if text in stages:
+            return text
+        low = text.casefold()
+        hits = [sid for sid, (p, s) in stages.items() if s.name.casefold() == low and (not pipeline or p.id == pipeline)]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            names = sorted({s.name for _, s in stages.values()})
+            raise KeyError(f"no stage called {text!r}; stages: {', '.join(names)}")
+        raise KeyError(f"stage {text!r} exists in several pipelines ({', '.join(hits)}); give its id or --pipeline")
+
+
+def totals_by_category(rows: list[DealRow], fx: Callable[[Decimal, str], Decimal]) -> dict[ForecastCategory, Decimal]:
+    """Sum of converted amounts per forecast category."""
+    out = {c: Decimal(0) for c in ForecastCategory}
+    for row in rows:
+        out[row.category] += fx(row.deal.amount, row.deal.currency)
+    return out
