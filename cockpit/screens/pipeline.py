@@ -78,6 +78,8 @@ def sort_key(row: DealRow, key: str) -> tuple:
 class PipelineScreen(Screen[None]):
     """The quarter's open deals."""
 
+    AUTO_FOCUS = "#deal-table"
+
     BINDINGS = [
         Binding("left_square_bracket", "sort(False)", "Sort ↑", id="pipeline-sort-asc", tooltip="Sort ascending by the current column"),
         Binding("right_square_bracket", "sort(True)", "Sort ↓", id="pipeline-sort-desc", tooltip="Sort descending by the current column"),
@@ -128,16 +130,16 @@ class PipelineScreen(Screen[None]):
             yield Label("", id="sync-label")
             yield ProgressBar(id="sync-progress", show_eta=False)
         yield Input(placeholder="filter: owner, stage, account, category — enter to apply, escape to clear", id="filter")
-        table: DataTable[str] = DataTable(id="deal-table", cursor_type="row", zebra_stripes=True)
+        table: DataTable[str] = DataTable(id="deal-table", cursor_type="cell", zebra_stripes=True)
         for col in COLUMNS:
             table.add_column(col.label, key=col.key, width=col.width)
         yield table
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#filter").display = False
-        self.query_one("#sync-status").display = False
-        self.query_one(DataTable).loading = True
+        table = self.query_one(DataTable)
+        table.loading = True
+        table.focus()
         self.load_deals()
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
