@@ -42,17 +42,19 @@ class CockpitApp(App[None]):
             self.push_screen(HelpScreen(self.screen))
 
     @on(Worker.StateChanged)
-    def report_worker_error(self, event: Worker.StateChanged) -> None:
-        """Every failed worker ends here: a titled notification, the last good data stays on screen."""
-        if event.state != WorkerState.ERROR:
-            return
-        error = event.worker.error
+    def forward_worker_failure(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self.report_worker_error(event.worker)
+
+    def report_worker_error(self, worker: Worker) -> None:
+        """Every failed worker ends here: a titled notification; the last good data stays on screen."""
+        error = worker.error
         title = getattr(error, "title", None) or "Something went wrong"
         message = getattr(error, "message", None) or str(error)
-        self.log.error(f"worker {event.worker.name} failed: {error!r}")
+        self.log.error(f"worker {worker.name} failed: {error!r}")
         self.notify(message, title=title, severity="error", timeout=10)
         for screen in self.screen_stack:
-            for widget in screen.query("DataTable"):
+            for widget in screen.query(".-loads"):
                 widget.loading = False
 
 

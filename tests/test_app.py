@@ -38,7 +38,8 @@ async def settle(app, pilot) -> None:
         await app.workers.wait_for_complete()
     except WorkerFailed:
         pass
-    await pilot.pause()
+    for _ in range(3):  # the state change, the app's handler, then its notification
+        await pilot.pause()
 
 
 async def test_opens_on_the_quarters_deals_and_sorts(service):

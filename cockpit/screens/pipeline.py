@@ -12,11 +12,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.reactive import var
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
 from cockpit.format import compact, money
+from cockpit.screens.base import CockpitScreen
 from cockpit.service import CockpitService, DealFilter, DealRow
 
 
@@ -75,7 +75,7 @@ def sort_key(row: DealRow, key: str) -> tuple:
     return (cell(row, key).casefold(),)
 
 
-class PipelineScreen(Screen[None]):
+class PipelineScreen(CockpitScreen):
     """The quarter's open deals."""
 
     AUTO_FOCUS = "#deal-table"
@@ -130,7 +130,7 @@ class PipelineScreen(Screen[None]):
             yield Label("", id="sync-label")
             yield ProgressBar(id="sync-progress", show_eta=False)
         yield Input(placeholder="filter: owner, stage, account, category — enter to apply, escape to clear", id="filter")
-        table: DataTable[str] = DataTable(id="deal-table", cursor_type="cell", zebra_stripes=True)
+        table: DataTable[str] = DataTable(id="deal-table", classes="-loads", cursor_type="cell", zebra_stripes=True)
         for col in COLUMNS:
             table.add_column(col.label, key=col.key, width=col.width)
         yield table
