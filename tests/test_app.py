@@ -15,6 +15,7 @@ from cockpit.screens.help import HelpScreen
 from cockpit.screens.pipeline import PipelineScreen
 from cockpit.service import CockpitService
 from cockpit.store import Store
+from cockpit.widgets.deal_table import DealTable
 from tests.factories import small_batch
 
 
@@ -28,8 +29,8 @@ def service(isolated_dirs):
     return service
 
 
-def row_ids(table: DataTable) -> list[str]:
-    return [table.coordinate_to_cell_key((i, 0)).row_key.value for i in range(table.row_count)]
+def row_ids(table: DealTable) -> list[str]:
+    return [row.deal.id for row in table.rows]
 
 
 async def settle(app, pilot) -> None:
@@ -47,11 +48,11 @@ async def test_opens_on_the_quarters_deals_and_sorts(service):
     async with app.run_test(size=(100, 30)) as pilot:
         await settle(app, pilot)
         assert isinstance(app.screen, PipelineScreen)
-        table = app.screen.query_one(DataTable)
+        table = app.screen.query_one(DealTable)
         header = str(app.screen.query_one("#pipeline-header", Static).render())
         assert "FY2026-Q4" in header and "3 deals" in header
         assert row_ids(table) == ["a", "c", "d"]  # amount, descending (CNY 120k, 80k, 30k)
-        table.move_cursor(column=0)  # owner
+        table.cursor_column = 0  # owner
         await pilot.press("left_square_bracket")
         assert row_ids(table) == ["c", "a", "d"]  # Alice, then Wang (ties by id)
         await pilot.press("right_square_bracket")
@@ -64,7 +65,7 @@ async def test_filter_and_clear(service):
         await settle(app, pilot)
         await pilot.press("slash")
         await pilot.press(*"alice", "enter")
-        table = app.screen.query_one(DataTable)
+        table = app.screen.query_one(DealTable)
         assert row_ids(table) == ["c"]
         assert "1 of 3" in str(app.screen.query_one("#pipeline-header", Static).render())
         await pilot.press("escape")
@@ -101,4 +102,4 @@ async def test_a_failed_load_notifies_and_keeps_the_screen(service, monkeypatch)
         assert notes and notes[-1].notification.severity == "error"
         assert notes[-1].notification.title == "Store is locked"
         assert isinstance(app.screen, PipelineScreen)
-        assert not app.screen.query_one(DataTable).loading
+        assert not app.screen.query_one(DealTable).loading

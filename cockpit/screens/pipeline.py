@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from decimal import Decimal
 
 from textual import on, work
@@ -12,32 +11,23 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.reactive import var
-from textual.widgets import DataTable, Footer, Input, Label, ProgressBar, Static
+from textual.widgets import Footer, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
 from cockpit.format import compact, money
 from cockpit.screens.base import CockpitScreen
 from cockpit.service import CockpitService, DealFilter, DealRow
-
-
-@dataclass(frozen=True)
-class Column:
-    """A typed column spec: key, label, how to render and how to sort."""
-
-    key: str
-    label: str
-    width: int | None = None
-    numeric: bool = False
+from cockpit.widgets.deal_table import Column, DealTable
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("owner", "Owner", 12),
-    Column("account", "Account", 24),
-    Column("stage", "Stage", 12),
-    Column("amount", "Amount", 14, numeric=True),
+    Column("owner", "Owner", 14),
+    Column("account", "Account", 18, flex=True),
+    Column("stage", "Stage", 11),
+    Column("amount", "Amount", 13, numeric=True),
     Column("close", "Close", 10),
-    Column("category", "Category", 9),
-    Column("days", "Days", 5, numeric=True),
+    Column("category", "Category", 9, priority=2),
+    Column("days", "Days", 4, numeric=True, priority=1),
 )
 
 
@@ -130,14 +120,11 @@ class PipelineScreen(CockpitScreen):
             yield Label("", id="sync-label")
             yield ProgressBar(id="sync-progress", show_eta=False)
         yield Input(placeholder="filter: owner, stage, account, category — enter to apply, escape to clear", id="filter")
-        table: DataTable[str] = DataTable(id="deal-table", classes="-loads", cursor_type="cell", zebra_stripes=True)
-        for col in COLUMNS:
-            table.add_column(col.label, key=col.key, width=col.width)
-        yield table
+        yield DealTable(COLUMNS, cell, lambda row: row.deal.id, id="deal-table", classes="-loads")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
+        table = self.query_one(DealTable)
         table.loading = True
         table.focus()
         self.load_deals()
@@ -177,7 +164,7 @@ class PipelineScreen(CockpitScreen):
     def show_deals(self, event: DealsLoaded) -> None:
         self.quarter_label = event.title
         self.rows = event.rows
-        self.query_one(DataTable).loading = False
+        self.query_one(DealTable).loading = False
 
     def watch_rows(self) -> None:
         self._render_rows()
@@ -196,19 +183,8 @@ class PipelineScreen(CockpitScreen):
         return sorted(rows, key=lambda r: (sort_key(r, self.sort_column), r.deal.id), reverse=self.sort_reverse)
 
     def _render_rows(self) -> None:
-        table = self.query_one(DataTable)
-        current = None
-        if table.row_count and table.cursor_row is not None:
-            try:
-                current = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-            except Exception:  # noqa: BLE001 - an empty or shrinking table has no cursor cell
-                current = None
         rows = self.visible_rows()
-        table.clear()
-        for row in rows:
-            table.add_row(*(cell(row, c.key) for c in COLUMNS), key=row.deal.id)
-        if current is not None and current in {r.deal.id for r in rows}:
-            table.move_cursor(row=table.get_row_index(current))
+        self.query_one(DealTable).set_rows(rows)
         self._render_header(rows)
 
     def _render_header(self, rows: list[DealRow]) -> None:
@@ -226,8 +202,7 @@ class PipelineScreen(CockpitScreen):
         )
 
     def action_sort(self, descending: bool) -> None:
-        table = self.query_one(DataTable)
-        self.sort_column = COLUMNS[table.cursor_column].key
+        self.sort_column = self.query_one(DealTable).current_column.key
         self.sort_reverse = descending
         self._render_rows()
 
@@ -241,14 +216,14 @@ class PipelineScreen(CockpitScreen):
     def apply_filter(self, event: Input.Submitted) -> None:
         self.filter_text = event.value.strip()
         event.input.display = False
-        self.query_one(DataTable).focus()
+        self.query_one(DealTable).focus()
 
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         box.display = False
         self.filter_text = ""
-        self.query_one(DataTable).focus()
+        self.query_one(DealTable).focus()
 
     def action_refresh(self) -> None:
-        self.query_one(DataTable).loading = True
+        self.query_one(DealTable).loading = True
         self.load_deals()
