@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch a parsed command line. Known error classes become messages and exit codes."""
     from connectors import ConnectorError
 
+    from cockpit.forecast.config import FxError
     from cockpit.store import StoreError
 
     try:
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(exc.title, exc.message, EXIT_FAILURE)
     except UsageProblem as exc:
         return fail("bad usage", str(exc), EXIT_USAGE)
+    except FxError as exc:
+        return fail("missing exchange rate", str(exc), EXIT_USAGE)
 
 
 class UsageProblem(Exception):
@@ -177,7 +180,7 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 DEAL_COLUMNS = (
-    "id", "name", "account", "owner", "pipeline", "stage", "amount", "currency", "close_date",
+    "id", "name", "account", "owner", "pipeline", "stage", "amount", "currency", "amount_reporting", "close_date",
     "category", "days_in_stage", "created", "lead_source",
 )
 
@@ -193,6 +196,7 @@ def _deal_record(row: Any) -> dict[str, Any]:
         "stage": row.stage_name,
         "amount": str(deal.amount),
         "currency": deal.currency,
+        "amount_reporting": str(row.amount),
         "close_date": deal.close_date.isoformat() if deal.close_date else None,
         "category": row.category.value,
         "days_in_stage": row.days_in_stage,
@@ -215,7 +219,7 @@ def cmd_deals(args: argparse.Namespace, settings: Settings) -> int:
         rows = service.deals(DealFilter(quarter=quarter, stage=args.stage, owner=args.owner, pipeline=args.pipeline))
     except KeyError as exc:
         raise UsageProblem(exc.args[0]) from None
-    rows.sort(key=lambda r: (-r.deal.amount, r.deal.id))
+    rows.sort(key=lambda r: (-r.amount, r.deal.id))
     records = [_deal_record(r) for r in rows]
     if args.json:
         json.dump({"quarter": quarter.label, "as_of": service.today().isoformat(), "deals": records},
@@ -237,13 +241,13 @@ def _print_table(records: list[dict[str, Any]], title: str) -> None:
     table = Table(title=f"Open deals · {title} · {len(records)} deals", expand=False)
     for col, justify in (("owner", "left"), ("account", "left"), ("stage", "left"), ("amount", "right"),
                          ("close_date", "left"), ("category", "left"), ("days_in_stage", "right")):
-        table.add_column(col.replace("_", " "), justify=justify)  # type: ignore[arg-type]
+        table.add_column(col.replace("_", " "), justify=justify, no_wrap=True, overflow="ellipsis")  # type: ignore[arg-type]
     for r in records:
         table.add_row(
             r["owner"], r["account"], r["stage"], f"{r['currency']} {float(r['amount']):,.0f}", r["close_date"] or "",
             r["category"].replace("_", " "), str(r["days_in_stage"]),
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:

@@ -76,7 +76,6 @@ class Settings(BaseModel):
     """Where the store lives; a shared path lets several users of one server open it together."""
     as_of: date | None = None
     """Pin "today" (for demos and reproducible reviews); default: the real date."""
-    reporting_currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
     demo: DemoSettings = DemoSettings()
     csv: CsvSettings = CsvSettings()
     calendar: CalendarSettings = CalendarSettings()
@@ -173,9 +172,6 @@ connector = "{connector}"
 # Where the store lives. A shared path lets several users of one server open it together.
 # data_dir = "/srv/cockpit"
 
-# Currency every total is reported in.
-reporting_currency = "CNY"
-
 [calendar]
 # Month (1-12) in which the fiscal year starts.
 fiscal_start_month = 1
@@ -193,8 +189,23 @@ skip_bad_rows = false
 # mouse = false                       # default: on locally, off over SSH
 
 [forecast]
-# Risk-flag thresholds and quotas; see docs/forecast.md
+# Currency every total is reported in; other currencies convert at the dated rates below.
+# reporting_currency = "CNY"
+#
+# [[forecast.fx_rates]]
+# currency = "USD"
+# valid_from = 2026-01-01
+# rate = "7.10"                      # 1 USD = 7.10 CNY from that day on
+#
+# [[forecast.quotas]]
+# owner_id = "u-m1"
+# quarter = "FY2026-Q4"
+# amount = "2500000"
+#
+# [forecast.risk]
 # stale_days = 21
+# max_pushes = 2
+# stuck_ratio = 3.0
 """
 
 

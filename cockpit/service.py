@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cockpit.config import STORE_FILE, Settings, data_dir
+from pydantic import ValidationError
+
+from cockpit.config import STORE_FILE, ConfigError, Settings, data_dir, describe_validation
 from cockpit.models import (
     DealSnapshot,
     FiscalCalendar,
@@ -27,6 +30,9 @@ from cockpit.models import (
     SyncProgress,
 )
 from cockpit.store import Store
+
+if TYPE_CHECKING:
+    from cockpit.forecast.config import ForecastConfig, Fx
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,8 @@ class DealRow:
     pipeline_name: str
     category: ForecastCategory
     days_in_stage: int
+    amount: Decimal
+    """The amount in the reporting currency."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,6 +92,37 @@ class CockpitService:
         self.calendar = FiscalCalendar(start_month=settings.calendar.fiscal_start_month)
 
     # -- basics --------------------------------------------------------------------------------
+
+    @cached_property
+    def forecast_config(self) -> ForecastConfig:
+        """The [forecast] table; on the demo CRM without rates or quotas, the demo org's own."""
+        from cockpit.forecast.config import ForecastConfig
+
+        raw = dict(self.settings.forecast)
+        if self.settings.connector == "demo":
+            from connectors.demo import DEMO_REPORTING_CURRENCY, demo_fx_rates, demo_quotas
+
+            if not raw.get("fx_rates") and raw.get("reporting_currency", DEMO_REPORTING_CURRENCY) == DEMO_REPORTING_CURRENCY:
+                raw["reporting_currency"] = DEMO_REPORTING_CURRENCY
+                raw["fx_rates"] = [
+                    {"currency": cur, "valid_from": "2000-01-01", "rate": str(rate)}
+                    for cur, rate in sorted(demo_fx_rates().items()) if cur != DEMO_REPORTING_CURRENCY
+                ]
+                if not raw.get("quotas"):
+                    raw["quotas"] = [
+                        {"owner_id": owner, "quarter": quarter, "amount": str(amount)}
+                        for (owner, quarter), amount in sorted(
+                            demo_quotas(self.today(), seed=self.settings.demo.seed, size=self.settings.demo.size).items()
+                        )
+                    ]
+        try:
+            return ForecastConfig.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError("Config has errors", f"[forecast]: {describe_validation(exc)}") from None
+
+    def fx(self, on: date | None = None) -> Fx:
+        """Converter into the reporting currency at the rates in effect on a day (default today)."""
+        return self.forecast_config.fx(on or self.today())
 
     def today(self) -> date:
         """The review's "today": pinned by config/--as-of, else the real date."""
@@ -201,6 +240,7 @@ class CockpitService:
                 pipeline_id=flt.pipeline,
                 stage_id=stage_id,
             )
+        fx = self.fx(as_of)
         rows = []
         for snap in snaps:
             deal = snap.deal
@@ -213,6 +253,7 @@ class CockpitService:
                     pipeline_name=pipeline.name,
                     category=deal.forecast_category or stage.category,
                     days_in_stage=max(0, (as_of - snap.stage_entered_at.date()).days),
+                    amount=fx(deal.amount, deal.currency),
                 )
             )
         return rows
@@ -229,11 +270,3 @@ class CockpitService:
             names = sorted({s.name for _, s in stages.values()})
             raise KeyError(f"no stage called {text!r}; stages: {', '.join(names)}")
         raise KeyError(f"stage {text!r} exists in several pipelines ({', '.join(hits)}); give its id or --pipeline")
-
-
-def totals_by_category(rows: list[DealRow], fx: Callable[[Decimal, str], Decimal]) -> dict[ForecastCategory, Decimal]:
-    """Sum of converted amounts per forecast category."""
-    out = {c: Decimal(0) for c in ForecastCategory}
-    for row in rows:
-        out[row.category] += fx(row.deal.amount, row.deal.currency)
-    return out

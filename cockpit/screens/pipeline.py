@@ -15,17 +15,18 @@ from textual.widgets import Footer, Input, Label, ProgressBar, Static
 from textual.worker import get_current_worker
 
 from cockpit.format import compact, money
+from cockpit.models import ForecastCategory
 from cockpit.screens.base import CockpitScreen
 from cockpit.service import CockpitService, DealFilter, DealRow
 from cockpit.widgets.deal_table import Column, DealTable
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("owner", "Owner", 14),
+    Column("owner", "Owner", 13),
     Column("account", "Account", 18, flex=True),
     Column("stage", "Stage", 11),
     Column("amount", "Amount", 13, numeric=True),
-    Column("close", "Close", 10),
+    Column("close", "Close", 6),
     Column("category", "Category", 9, priority=2),
     Column("days", "Days", 4, numeric=True, priority=1),
 )
@@ -43,7 +44,7 @@ def cell(row: DealRow, key: str) -> str:
         case "amount":
             return money(deal.amount, deal.currency)
         case "close":
-            return deal.close_date.isoformat() if deal.close_date else "–"
+            return deal.close_date.strftime("%b %d") if deal.close_date else "–"
         case "category":
             return row.category.label
         case "days":
@@ -55,7 +56,7 @@ def sort_key(row: DealRow, key: str) -> tuple:
     deal = row.deal
     match key:
         case "amount":
-            return (deal.currency, deal.amount)
+            return (row.amount,)
         case "days":
             return (row.days_in_stage,)
         case "close":
@@ -188,17 +189,17 @@ class PipelineScreen(CockpitScreen):
         self._render_header(rows)
 
     def _render_header(self, rows: list[DealRow]) -> None:
-        by_currency: dict[str, Decimal] = defaultdict(Decimal)
-        by_category: dict[str, Decimal] = defaultdict(Decimal)
+        by_category: dict[ForecastCategory, Decimal] = defaultdict(Decimal)
         for row in rows:
-            by_currency[row.deal.currency] += row.deal.amount
-            by_category[f"{row.category.label} {row.deal.currency}"] += row.deal.amount
-        totals = " · ".join(f"{cur} {compact(v)}" for cur, v in sorted(by_currency.items()))
-        cats = "  ".join(f"{k} {compact(v)}" for k, v in sorted(by_category.items()))
+            by_category[row.category] += row.amount
+        currency = self.service.forecast_config.reporting_currency
+        total = sum(by_category.values(), Decimal(0))
+        cats = " · ".join(f"{c.label} {compact(by_category[c])}" for c in ForecastCategory if c in by_category)
         shown = f"{len(rows)} of {len(self.rows)}" if self.filter_text else f"{len(rows)}"
         flt = f"  filter: “{self.filter_text}”" if self.filter_text else ""
         self.query_one("#pipeline-header", Static).update(
-            f"[b]{getattr(self, 'quarter_label', '')}[/b] open pipeline · {shown} deals · {totals}{flt}\n{cats}"
+            f"[b]{getattr(self, 'quarter_label', '')}[/b] open pipeline · {shown} deals · "
+            f"{currency} {compact(total)}{flt}\n{cats}"
         )
 
     def action_sort(self, descending: bool) -> None:

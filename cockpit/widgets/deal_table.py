@@ -177,7 +177,7 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
         self._rows = list(rows)
         self._index = {self._key(r): i for i, r in enumerate(self._rows)}
         self._text.clear()
-        self.virtual_size = Size(self.size.width, len(self._rows) + 1)
+        self.virtual_size = Size(self._view_width, len(self._rows) + 1)
         target = self._index.get(previous, 0) if previous is not None else 0
         self.set_reactive(DealTable.cursor_row, min(target, max(0, len(self._rows) - 1)))
         self._scroll_cursor_into_view()
@@ -246,6 +246,11 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
         if key is not None:
             self.post_message(self.RowChosen(self, key))
 
+    @property
+    def _view_width(self) -> int:
+        """Width available to the rows (the vertical scrollbar takes its share)."""
+        return self.scrollable_content_region.width
+
     def _refresh_index(self, index: int) -> None:
         y = index - int(self.scroll_y) + 1
         if 1 <= y < self.size.height:
@@ -262,8 +267,8 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
     # -- rendering -----------------------------------------------------------------------------
 
     def on_resize(self) -> None:
-        self.virtual_size = Size(self.size.width, len(self._rows) + 1)
-        self._layout_columns(self.size.width)
+        self.virtual_size = Size(self._view_width, len(self._rows) + 1)
+        self._layout_columns(self._view_width)
         self._scroll_cursor_into_view()
 
     def _layout_columns(self, width: int) -> None:
@@ -285,7 +290,7 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
         self._shown, self._widths = shown, widths
 
     def render_line(self, y: int) -> Strip:
-        width = self.size.width
+        width = self._view_width
         if not self._widths:
             self._layout_columns(width)
         if y == 0:
