@@ -76,6 +76,8 @@ class Settings(BaseModel):
     """Where the store lives; a shared path lets several users of one server open it together."""
     as_of: date | None = None
     """Pin "today" (for demos and reproducible reviews); default: the real date."""
+    scope: str | None = None
+    """Whose team the cockpit opens on (owner id or name); default: the top of the org tree."""
     demo: DemoSettings = DemoSettings()
     csv: CsvSettings = CsvSettings()
     calendar: CalendarSettings = CalendarSettings()

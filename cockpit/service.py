@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +33,8 @@ from cockpit.store import Store
 
 if TYPE_CHECKING:
     from cockpit.forecast.config import ForecastConfig, Fx
+    from cockpit.models.submission import Draft
+    from cockpit.review import ReviewWalk
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +95,7 @@ class CockpitService:
 
     # -- basics --------------------------------------------------------------------------------
 
-    @cached_property
-    def forecast_config(self) -> ForecastConfig:
-        """The [forecast] table; on the demo CRM without rates or quotas, the demo org's own."""
+    def _forecast_table(self, *, with_quotas: bool) -> ForecastConfig:
         from cockpit.forecast.config import ForecastConfig
 
         raw = dict(self.settings.forecast)
@@ -108,7 +108,7 @@ class CockpitService:
                     {"currency": cur, "valid_from": "2000-01-01", "rate": str(rate)}
                     for cur, rate in sorted(demo_fx_rates().items()) if cur != DEMO_REPORTING_CURRENCY
                 ]
-                if not raw.get("quotas"):
+                if with_quotas and not raw.get("quotas"):
                     raw["quotas"] = [
                         {"owner_id": owner, "quarter": quarter, "amount": str(amount)}
                         for (owner, quarter), amount in sorted(
@@ -119,6 +119,16 @@ class CockpitService:
             return ForecastConfig.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError("Config has errors", f"[forecast]: {describe_validation(exc)}") from None
+
+    @cached_property
+    def forecast_config(self) -> ForecastConfig:
+        """The [forecast] table: currency, rates, thresholds (quotas load separately, see `quota_config`)."""
+        return self._forecast_table(with_quotas=False)
+
+    @cached_property
+    def quota_config(self) -> ForecastConfig:
+        """The [forecast] table with quotas; on the demo CRM without any, the demo org's own."""
+        return self._forecast_table(with_quotas=True)
 
     def fx(self, on: date | None = None) -> Fx:
         """Converter into the reporting currency at the rates in effect on a day (default today)."""
@@ -258,6 +268,115 @@ class CockpitService:
             )
         return rows
 
+    # -- scope and the review call --------------------------------------------------------------
+
+    def default_scope(self, tree: OrgTree) -> str:
+        """The configured `scope`, else the single top of the org tree, else everyone."""
+        from cockpit.models.submission import ALL_SCOPE
+
+        if self.settings.scope:
+            return tree.find(self.settings.scope).id
+        roots = tree.roots
+        return roots[0] if len(roots) == 1 else ALL_SCOPE
+
+    @staticmethod
+    def scope_members(tree: OrgTree, scope: str) -> list[str] | None:
+        from cockpit.models.submission import ALL_SCOPE
+
+        return None if scope == ALL_SCOPE else tree.subtree(scope)
+
+    def stage_medians(self, store: Store, as_of: date) -> dict[str, Any]:
+        """Median days deals spent in each stage (from every history), cached per as-of date."""
+        import statistics
+
+        from cockpit.forecast.flags import StageMedian
+
+        cache = self.__dict__.setdefault("_medians", {})
+        if as_of not in cache:
+            cache[as_of] = {
+                stage: StageMedian(statistics.median(days), len(days))
+                for stage, days in store.stage_spells(as_of).items()
+            }
+        return cache[as_of]
+
+    def review_walk(self, quarter: Quarter | None = None, scope: str | None = None, author: str | None = None) -> ReviewWalk:
+        """The review call for a quarter and scope: its open deals with scores, flags and what changed,
+        resumed from the author's draft if there is one."""
+        from cockpit.forecast.flags import flag_deals
+        from cockpit.review import ReviewDeal, ReviewWalk
+        from cockpit.store.submissions import load_draft
+
+        as_of = self.today()
+        quarter = quarter or self.current_quarter()
+        author = author or os_user()
+        config = self.forecast_config
+        with self.store(create=False) as store:
+            pipelines = store.pipelines()
+            stages = {st.id: st for p in pipelines for st in p.stages}
+            tree = OrgTree(store.owners())
+            scope = scope or self.default_scope(tree)
+            members = self.scope_members(tree, scope)
+            past_due = quarter.contains(as_of)
+            snaps = store.snapshot(
+                as_of, owner_ids=members, close_from=None if past_due else quarter.start, close_before=quarter.end
+            )
+            ids = [snap.deal.id for snap in snaps]
+            histories = {h.deal.id: h for h in store.histories(ids=ids)}
+            scores = store.scores(ids)
+            before = {snap.deal.id: snap for snap in store.snapshot(as_of - timedelta(days=7), ids=ids,
+                                                                     open_only=False)}
+            medians = self.stage_medians(store, as_of)
+            draft = load_draft(store.conn, quarter.label, scope, author)
+        flags = {f.opportunity_id: f for f in flag_deals(snaps, as_of, stages=stages, config=config,
+                                                         medians=medians, histories=histories)}
+        fx = self.fx(as_of)
+        deals = {}
+        for snap in snaps:
+            deal = snap.deal
+            stage = stages[deal.stage_id]
+            median = medians.get(deal.stage_id)
+            history = histories.get(deal.id)
+            deals[deal.id] = ReviewDeal(
+                id=deal.id,
+                name=deal.name,
+                account=deal.account,
+                owner_id=deal.owner_id,
+                owner_name=tree.owners[deal.owner_id].name if deal.owner_id in tree.owners else deal.owner_id,
+                pipeline_id=deal.pipeline_id,
+                stage_id=deal.stage_id,
+                stage_name=stage.name,
+                amount=deal.amount,
+                currency=deal.currency,
+                value=fx(deal.amount, deal.currency),
+                fx_rate=fx.rate(deal.currency),
+                close_date=deal.close_date,
+                close_date_pushes=snap.close_date_pushes,
+                rep_category=config.category(deal, stage),
+                crm_probability=float(deal.probability if deal.probability is not None else stage.probability),
+                days_in_stage=max(0, (as_of - snap.stage_entered_at.date()).days),
+                stage_median_days=median.days if median is not None else None,
+                next_step=deal.next_step,
+                next_step_date=deal.next_step_date,
+                last_activity=deal.last_activity,
+                score=scores.get(deal.id),
+                flags=tuple(f.message for f in flags[deal.id].flags) if deal.id in flags else (),
+                changed=describe_changes(before.get(deal.id), snap, stages, config),
+                timeline=stage_timeline(history, stages) if history else (),
+            )
+        from cockpit.models.submission import ALL_SCOPE  # noqa: F401 - scope labels
+
+        return ReviewWalk.resume(
+            draft, quarter=quarter.label, scope=scope, author=author, currency=config.reporting_currency,
+            pipelines=pipelines, deals=deals,
+        )
+
+    def save_draft(self, draft: Draft) -> None:
+        """Write the review's draft (one small transaction); called after every call in the review."""
+        from cockpit.store.submissions import save_draft
+
+        with self.store() as store:
+            save_draft(store.conn, draft)
+
     @staticmethod
     def _resolve_stage(text: str, stages: dict[str, tuple[Pipeline, Any]], pipeline: str | None) -> str:
         if text in stages:
@@ -270,3 +389,50 @@ class CockpitService:
             names = sorted({s.name for _, s in stages.values()})
             raise KeyError(f"no stage called {text!r}; stages: {', '.join(names)}")
         raise KeyError(f"stage {text!r} exists in several pipelines ({', '.join(hits)}); give its id or --pipeline")
+
+
+# -- the review call ----------------------------------------------------------------------------
+
+
+def os_user() -> str:
+    """The author of drafts and submissions: the operating-system user."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (containers): fall back to the uid
+        import os
+
+        return f"uid-{os.getuid()}"
+
+
+def describe_changes(before: DealSnapshot | None, now: DealSnapshot, stages: dict[str, Any], config: Any) -> tuple[str, ...]:
+    """What changed on a deal between two snapshots, in words ("new", "stage Proposal → Negotiation", ...)."""
+    if before is None:
+        return ("new this week",)
+    a, b = before.deal, now.deal
+    out = []
+    if a.stage_id != b.stage_id:
+        sa, sb = stages[a.stage_id], stages[b.stage_id]
+        arrow = "forward" if sb.order > sa.order else "back"
+        out.append(f"stage {arrow}: {sa.name} → {sb.name}")
+    if a.amount != b.amount:
+        out.append(f"amount {'up' if b.amount > a.amount else 'down'}: {a.amount:,.0f} → {b.amount:,.0f} {b.currency}")
+    if a.close_date != b.close_date:
+        verb = "pushed" if (a.close_date and b.close_date and b.close_date > a.close_date) else "moved"
+        out.append(f"close date {verb}: {a.close_date or '–'} → {b.close_date or '–'}")
+    ca, cb = config.category(a, stages[a.stage_id]), config.category(b, stages[b.stage_id])
+    if ca != cb:
+        out.append(f"category {ca.label} → {cb.label}")
+    return tuple(out)
+
+
+def stage_timeline(history: Any, stages: dict[str, Any]) -> tuple[tuple[date, str], ...]:
+    """(day, stage name) for every stage the deal entered, oldest first."""
+    out: list[tuple[date, str]] = []
+    last = None
+    for change in history.changes:
+        if change.stage_id != last:
+            out.append((change.changed_at.date(), stages[change.stage_id].name if change.stage_id in stages else change.stage_id))
+            last = change.stage_id
+    return tuple(out)
