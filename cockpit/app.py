@@ -12,6 +12,7 @@ from textual.worker import Worker, WorkerState
 from cockpit.config import Settings
 from cockpit.screens.help import HelpScreen
 from cockpit.screens.pipeline import PipelineScreen
+from cockpit.screens.review import ReviewScreen
 from cockpit.service import CockpitService
 
 
@@ -21,21 +22,39 @@ class CockpitApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "Deal Cockpit"
     BINDINGS = [
+        Binding("1", "switch_mode('review')", "Review", show=False, id="app-review", tooltip="Walk the stages and make the calls"),
+        Binding("2", "switch_mode('deals')", "Deals", show=False, id="app-deals", tooltip="The quarter's open deals"),
         Binding("q", "quit", "Quit", id="app-quit", tooltip="Leave the cockpit"),
         Binding("question_mark", "help", "Help", id="app-help", tooltip="Every key of this screen"),
     ]
+    """
+    | Key | Action |
+    | :- | :- |
+    | `1`…`5` | Forecast, review, deals, changes, history. |
+    | `?` | Keys of this screen. `ctrl+p` finds any command. |
+    | `q` | Quit. |
+    """
+
+    DEFAULT_MODE = "deals"
 
     def __init__(self, service: CockpitService, settings: Settings) -> None:
         super().__init__()
         self.service = service
         self.settings = settings
+        self.add_mode("deals", lambda: PipelineScreen(service))
+        self.add_mode("review", lambda: ReviewScreen(service))
 
     def on_mount(self) -> None:
         if self.settings.ui.keymap:
             self.set_keymap(self.settings.ui.keymap)
         if self.settings.ui.theme:
             self.theme = self.settings.ui.theme
-        self.push_screen(PipelineScreen(self.service))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The key for the section on screen is disabled (the footer greys it)."""
+        if action == "switch_mode" and parameters and parameters[0] == self.current_mode:
+            return None
+        return True
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
