@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from cockpit.config import STORE_FILE, ConfigError, Settings, data_dir, describe_validation
 from cockpit.models import (
+    DealScore,
     DealSnapshot,
     FiscalCalendar,
     ForecastCategory,
@@ -62,6 +63,20 @@ class DealFilter:
     pipeline: str | None = None
     include_past_due: bool = True
     """Open deals whose close date already passed count in the current quarter (they still need a call)."""
+
+
+@dataclass(frozen=True)
+class DealStory:
+    """One deal's whole story for the Deal screen."""
+
+    deal: Any
+    owner_name: str
+    stage_name: str
+    events: list[tuple[date, str]]
+    """Dated happenings, oldest first: stage moves, amount and close-date changes, activities."""
+    weekly: list[tuple[date, float, float | None]]
+    """(week, CRM stage probability, model's probability or None)."""
+    score: DealScore | None
 
 
 @dataclass
@@ -376,6 +391,95 @@ class CockpitService:
 
         with self.store() as store:
             save_draft(store.conn, draft)
+
+    # -- one deal's story ----------------------------------------------------------------------
+
+    @property
+    def model_path(self) -> Path:
+        return self.data_dir / "model.npz"
+
+    def deal_story(self, deal_id: str) -> DealStory:
+        """Everything that happened to one deal, and its win chance week by week."""
+        with self.store(create=False) as store:
+            [history] = list(store.histories(ids=[deal_id])) or [None]
+            if history is None:
+                raise KeyError(f"no deal with id {deal_id!r} in the store")
+            stages = store.stages()
+            tree = OrgTree(store.owners())
+            score = store.scores([deal_id]).get(deal_id)
+        deal = history.deal
+        events: list[tuple[date, str]] = []
+        prev = None
+        for change in history.changes:
+            day = change.changed_at.date()
+            name = stages[change.stage_id].name if change.stage_id in stages else change.stage_id
+            if prev is None:
+                events.append((day, f"created in {name}, {change.amount:,.0f} {deal.currency}, close {change.close_date or '–'}"))
+            else:
+                if change.stage_id != prev.stage_id:
+                    old = stages[prev.stage_id]
+                    arrow = "→" if stages[change.stage_id].order >= old.order else "← back to"
+                    events.append((day, f"{old.name} {arrow} {name}"))
+                if change.amount != prev.amount:
+                    events.append((day, f"amount {prev.amount:,.0f} → {change.amount:,.0f} {deal.currency}"))
+                if change.close_date != prev.close_date:
+                    verb = "pushed" if (prev.close_date and change.close_date and change.close_date > prev.close_date) else "moved"
+                    events.append((day, f"close date {verb} {prev.close_date or '–'} → {change.close_date or '–'}"))
+                if change.forecast_category != prev.forecast_category and change.forecast_category:
+                    events.append((day, f"rep's category → {change.forecast_category.label}"))
+            prev = change
+        for day in history.activities:
+            events.append((day, "activity logged"))
+        events.sort(key=lambda e: e[0])
+        weekly = self._weekly_probabilities(history, stages)
+        return DealStory(
+            deal=deal,
+            owner_name=tree.owners[deal.owner_id].name if deal.owner_id in tree.owners else deal.owner_id,
+            stage_name=stages[deal.stage_id].name if deal.stage_id in stages else deal.stage_id,
+            events=events,
+            weekly=weekly,
+            score=score,
+        )
+
+    def _weekly_probabilities(self, history: Any, stages: dict[str, Any]) -> list[tuple[date, float, float | None]]:
+        """(week, CRM stage probability, model's eventual probability) from creation to today or close."""
+        from cockpit.models import snapshot_of
+
+        changes = history.changes
+        if not changes:
+            return []
+        start = changes[0].changed_at.date()
+        end = min(self.today(), history.deal.closed_at.date()) if history.deal.closed_at else self.today()
+        days = [start + timedelta(days=7 * k) for k in range(max(1, (end - start).days // 7 + 1))]
+        model = self.load_model(quiet=True)
+        out = []
+        for day in days:
+            snap = snapshot_of(history, day, stages)
+            if snap is None:
+                continue
+            crm = float(stages[snap.deal.stage_id].probability)
+            p = None
+            if model is not None and not snap.deal.is_closed:
+                scored = model.score([history], day, reasons=False)
+                p = scored[0].p_won if scored else None
+            out.append((day, crm, p))
+        return out
+
+    def load_model(self, *, quiet: bool = False) -> Any:
+        """The trained win model in the data dir (cached), or None when there is none and `quiet`."""
+        from cockpit.scoring import ModelFileError, load_model
+
+        cached = self.__dict__.get("_model")
+        if cached is not None:
+            return cached
+        try:
+            model = load_model(self.model_path)
+        except ModelFileError:
+            if quiet:
+                return None
+            raise
+        self.__dict__["_model"] = model
+        return model
 
     @staticmethod
     def _resolve_stage(text: str, stages: dict[str, tuple[Pipeline, Any]], pipeline: str | None) -> str:

@@ -77,6 +77,7 @@ class PipelineScreen(CockpitScreen):
         Binding("slash", "filter", "Filter", id="pipeline-filter", tooltip="Filter by owner, stage, account or category"),
         Binding("escape", "clear_filter", "Clear", show=False, id="pipeline-clear-filter"),
         Binding("r", "refresh", "Refresh", id="pipeline-refresh", tooltip="Reload the deals from the store"),
+        Binding("enter", "open", "Open", id="pipeline-open", tooltip="The deal's whole story"),
     ]
     """
     | Key | Action |
@@ -202,6 +203,12 @@ class PipelineScreen(CockpitScreen):
             f"{currency} {compact(total)}{flt}\n{cats}"
         )
 
+    @on(DealTable.RowChosen, "#deal-table")
+    def open_deal(self, event: DealTable.RowChosen) -> None:
+        from cockpit.screens.deal import DealScreen
+
+        self.app.push_screen(DealScreen(self.service, event.key))
+
     def action_sort(self, descending: bool) -> None:
         self.sort_column = self.query_one(DealTable).current_column.key
         self.sort_reverse = descending
@@ -224,6 +231,9 @@ class PipelineScreen(CockpitScreen):
         box.display = False
         self.filter_text = ""
         self.query_one(DealTable).focus()
+
+    def action_open(self) -> None:
+        self.query_one(DealTable).action_choose()
 
     def action_refresh(self) -> None:
         self.query_one(DealTable).loading = True
