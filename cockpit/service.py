@@ -264,6 +264,7 @@ class CockpitService:
                 owner_ids=owner_ids,
                 pipeline_id=flt.pipeline,
                 stage_id=stage_id,
+                undated=past_due,
             )
         fx = self.fx(as_of)
         rows = []
@@ -333,7 +334,8 @@ class CockpitService:
             members = self.scope_members(tree, scope)
             past_due = quarter.contains(as_of)
             snaps = store.snapshot(
-                as_of, owner_ids=members, close_from=None if past_due else quarter.start, close_before=quarter.end
+                as_of, owner_ids=members, close_from=None if past_due else quarter.start, close_before=quarter.end,
+                undated=past_due,
             )
             ids = [snap.deal.id for snap in snaps]
             histories = {h.deal.id: h for h in store.histories(ids=ids)}

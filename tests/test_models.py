@@ -109,6 +109,18 @@ def test_complete_history_fills_forward_and_backward():
     assert complete_history(deal, [])[0].changed_at == deal.created_at
 
 
+def test_complete_history_never_leaks_a_closed_deals_outcome_backward():
+    won = opp(stage_id="won", is_closed=True, is_won=True, amount=Decimal(900), close_date=date(2026, 6, 30),
+              created_at=datetime(2026, 1, 1, tzinfo=UTC), closed_at=datetime(2026, 6, 30, tzinfo=UTC),
+              forecast_category=ForecastCategory.CLOSED)
+    rows = complete_history(won, [
+        StageChange(opportunity_id="o1", changed_at=datetime(2026, 1, 1, tzinfo=UTC), stage_id="qualify"),
+        StageChange(opportunity_id="o1", changed_at=datetime(2026, 6, 30, tzinfo=UTC), stage_id="won"),
+    ])
+    assert [(r.close_date, r.forecast_category) for r in rows] == [
+        (None, None), (date(2026, 6, 30), ForecastCategory.CLOSED)]
+
+
 # -- calendar ---------------------------------------------------------------------------------
 
 days = st.dates(min_value=date(1990, 1, 1), max_value=date(2100, 12, 31))

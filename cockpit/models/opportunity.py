@@ -120,11 +120,14 @@ class Activity(BaseModel):
 
 
 def complete_history(opp: Opportunity, changes: list[StageChange]) -> list[StageChange]:
-    """Order a deal's history and fill unknown fields forward (and backward from the first known value).
+    """Order a deal's history and fill unknown fields forward.
 
-    A deal with no history gets one row at its creation in its current stage, so every deal has at
-    least one row. The result never has a None amount; close_date/category stay None only when the
-    deal itself has none.
+    Rows before the first known amount take it (or the deal's amount). An open deal's rows before
+    the first known close date or category take the deal's current ones (the CRM's best guess). A
+    closed deal's earlier rows never do: its close date and category are the outcome, and filling
+    them backward would leak the answer into the past; only its closing row takes them.
+    A deal with no history gets one row at its creation in its current stage. The result never has
+    a None amount.
     """
     rows = sorted(changes, key=lambda c: c.changed_at)
     if not rows:
@@ -132,14 +135,20 @@ def complete_history(opp: Opportunity, changes: list[StageChange]) -> list[Stage
         if start is None:
             return []
         rows = [StageChange(opportunity_id=opp.id, changed_at=start, stage_id=opp.stage_id)]
-    first_amount = next((r.amount for r in rows if r.amount is not None), opp.amount)
-    first_close = next((r.close_date for r in rows if r.close_date is not None), opp.close_date)
-    first_cat = next((r.forecast_category for r in rows if r.forecast_category is not None), opp.forecast_category)
+    amount: Decimal | None = next((r.amount for r in rows if r.amount is not None), opp.amount)
+    if opp.is_closed:
+        close, cat = None, None
+    else:
+        close = next((r.close_date for r in rows if r.close_date is not None), opp.close_date)
+        cat = next((r.forecast_category for r in rows if r.forecast_category is not None), opp.forecast_category)
     out: list[StageChange] = []
-    amount, close, cat = first_amount, first_close, first_cat
-    for row in rows:
+    last = len(rows) - 1
+    for n, row in enumerate(rows):
         amount = row.amount if row.amount is not None else amount
         close = row.close_date if row.close_date is not None else close
         cat = row.forecast_category if row.forecast_category is not None else cat
+        if n == last and opp.is_closed:
+            close = close if row.close_date is not None else (opp.close_date or close)
+            cat = cat if row.forecast_category is not None else (opp.forecast_category or cat)
         out.append(row.model_copy(update={"amount": amount, "close_date": close, "forecast_category": cat}))
     return out

@@ -390,22 +390,28 @@ class Store:
         pipeline_id: str | None = None,
         stage_id: str | None = None,
         ids: Iterable[str] | None = None,
+        undated: bool = False,
     ) -> list[DealSnapshot]:
         """Deals as they stood at the end of `as_of`, reconstructed from history in one query.
 
         `close_from`/`close_before` filter on the close date as it stood then (the quarter's
-        window); open_only drops deals that were closed by then.
+        window; `undated` keeps deals without any close date); open_only drops deals that were
+        closed by then.
         """
         where = []
         params: dict[str, Any] = {"cut": to_us(end_of_day(as_of))}
         if open_only:
             where.append("s.is_closed = 0")
+        window = []
         if close_from is not None:
-            where.append("h.close_date >= :close_from")
+            window.append("h.close_date >= :close_from")
             params["close_from"] = close_from.isoformat()
         if close_before is not None:
-            where.append("h.close_date < :close_before")
+            window.append("h.close_date < :close_before")
             params["close_before"] = close_before.isoformat()
+        if window:
+            clause = " AND ".join(window)
+            where.append(f"(({clause}) OR h.close_date IS NULL)" if undated else clause)
         if pipeline_id is not None:
             where.append("o.pipeline_id = :pipeline")
             params["pipeline"] = pipeline_id
