@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument("--no-mouse", action="store_true", help="turn mouse tracking off (default over SSH)")
     tui.add_argument("--mouse", action="store_true", help="turn mouse tracking on even over SSH")
 
+    serve = sub.add_parser("serve", parents=[common], help="serve the cockpit to a browser (textual-serve)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+
     sync = sub.add_parser("sync", parents=[common], help="pull deals from a CRM or export into the store")
     sync.add_argument("--connector", help="demo, csv, ... (default: from config, else demo)")
     sync.add_argument("--source", help="source of the connector (e.g. the CSV export directory)")

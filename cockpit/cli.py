@@ -278,9 +278,28 @@ def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
     return int(app.return_code or 0)
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the TUI to a browser tab, for a manager who shares the tab in the call."""
+    import shlex
+
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        return fail("textual-serve is not installed", "install it with: pip install 'deal-cockpit[serve]'", EXIT_USAGE)
+    command = [sys.executable, "-m", "cockpit", "tui", "--no-mouse"]
+    for option in ("data_dir", "config", "as_of"):
+        value = getattr(args, option, None)
+        if value:
+            command += [f"--{option.replace('_', '-')}", str(value)]
+    print(f"serving the cockpit on http://{args.host}:{args.port} (ctrl+c stops)", file=sys.stderr)
+    Server(shlex.join(command), host=args.host, port=args.port, title="Deal Cockpit").serve()
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "sync": cmd_sync,
     "deals": cmd_deals,
     "config": cmd_config,
     "tui": cmd_tui,
+    "serve": cmd_serve,
 }

@@ -130,3 +130,31 @@ def test_config_init_and_path(isolated_dirs, capsys):
     assert code == 2 and "--force" in err
     code, out, _ = run_cli(capsys, "config", "show")
     assert json.loads(out)["connector"] == "demo"
+
+
+def test_serve_answers_on_loopback(seeded, tmp_path):
+    """`cockpit serve` serves the TUI's page to a browser on 127.0.0.1."""
+    pytest.importorskip("textual_serve")
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "cockpit", "serve", "--port", str(port), "--as-of", "2026-10-10"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                    body = page.read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "cockpit serve never answered"
+                time.sleep(0.2)
+        assert "textual" in body.lower() and "Deal Cockpit" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
