@@ -190,13 +190,30 @@ class CockpitService:
                 "skip_bad_rows": self.settings.csv.skip_bad_rows,
             }
         else:
-            options = dict(self.settings.connectors.get(name, {}))
+            table = dict(self.settings.connectors.get(name, {}))
+            self._refuse_secrets_in_config(name, table)
+            return connectors.create_from_settings(name, table, connectors.secrets_from_environment(name=name))
         options.update({k: v for k, v in overrides.items() if v is not None})
         if name == "csv" and not options.get("source"):
             raise connectors.ConnectorError(
                 "No CSV source", "say where the export is: `cockpit sync --connector csv --source DIR`"
             )
         return connectors.create(name, **options)
+
+    def _refuse_secrets_in_config(self, name: str, table: dict[str, Any]) -> None:
+        """Secrets belong in the environment or the keyring; a config holding one must be private."""
+        from cockpit.config import check_private
+
+        secretish = [k for k in table if any(w in k.lower() for w in ("password", "secret", "token", "private_key"))]
+        if not secretish:
+            return
+        if self.settings.source_path is not None:
+            check_private(self.settings.source_path)
+        raise ConfigError(
+            "Secret in the config file",
+            f"[connectors.{name}] holds {', '.join(secretish)}; remove it and set it as an environment "
+            f"variable (COCKPIT_{name.upper()}_...) or in the system keyring instead (see docs/connectors.md)",
+        )
 
     async def sync(
         self,
@@ -216,8 +233,9 @@ class CockpitService:
             cursor = None
             if not full:
                 last = next((r for r in store.sync_runs(50) if r.connector == connector.name and r.source == source), None)
-                incremental = getattr(connector, "incremental", False)
-                if last is not None and (incremental or last.status != "ok"):
+                if getattr(connector, "incremental", False):
+                    cursor = store.resume_cursor(connector.name, source)
+                elif last is not None and last.status != "ok":
                     cursor = last.cursor
             run_id = store.begin_sync(connector.name, source)
             batches = opportunities = changes = 0
