@@ -66,6 +66,30 @@ class DealFilter:
 
 
 @dataclass(frozen=True)
+class ForecastView:
+    """The Forecast screen's data for one quarter and scope."""
+
+    rollup: Any
+    scope: str
+    scope_name: str
+    funnel: list[Any]
+    sources: list[Any]
+    last_submission: Any
+    previous_submission: Any
+    team_submissions: dict[str, Any]
+    run_rate: Any
+    scored: bool
+    tree: OrgTree
+
+    @property
+    def submission_delta(self) -> Decimal | None:
+        """The latest submission's number minus the one before it."""
+        if self.last_submission is None or self.previous_submission is None:
+            return None
+        return self.last_submission.manager_number - self.previous_submission.manager_number
+
+
+@dataclass(frozen=True)
 class DealStory:
     """One deal's whole story for the Deal screen."""
 
@@ -412,6 +436,70 @@ class CockpitService:
         with self.store() as store:
             save_draft(store.conn, draft)
 
+    # -- the forecast -------------------------------------------------------------------------
+
+    def outcomes(self, store: Store) -> list[Any]:
+        """Every deal's creation and win (for the run-rate), read once per service."""
+        from cockpit.forecast.runrate import DealOutcome
+
+        cached = self.__dict__.get("_outcomes")
+        if cached is None:
+            cached = [
+                DealOutcome(
+                    opportunity_id=r[0], owner_id=r[1], pipeline_id=r[2],
+                    created_at=_from_us(r[3]), won_at=_from_us(r[4]) if r[4] is not None else None,
+                    booked_on=date.fromisoformat(r[5]) if r[5] else None, amount=Decimal(r[6]), currency=r[7],
+                )
+                for r in store.deal_outcomes()
+            ]
+            self.__dict__["_outcomes"] = cached
+        return cached
+
+    def forecast_view(self, quarter: Quarter | None = None, scope: str | None = None) -> ForecastView:
+        """The quarter at a glance for a scope: roll-up, the model's range, funnel, sources, last submission."""
+        from cockpit.forecast.rollup import rollup
+        from cockpit.forecast.runrate import learn_run_rate, same_point
+        from cockpit.store.submissions import latest_submissions, list_submissions
+        from cockpit.views import by_lead_source, funnel
+
+        as_of = self.today()
+        quarter = quarter or self.current_quarter()
+        config = self.quota_config
+        with self.store(create=False) as store:
+            pipelines = store.pipelines()
+            tree = OrgTree(store.owners())
+            scope = scope or self.default_scope(tree)
+            members = self.scope_members(tree, scope)
+            snaps = store.snapshot(as_of, owner_ids=members, won_from=quarter.start)
+            then_day = same_point(quarter, as_of, quarter.previous())
+            then = store.snapshot(then_day, owner_ids=members)
+            scores = store.scores([s.deal.id for s in snaps if not s.deal.is_closed])
+            outcomes = self.outcomes(store)
+            history = list_submissions(store.conn, quarter.label, scope)
+            team = latest_submissions(store.conn, quarter.label, tree.subtree(scope)) if scope in tree.owners else {}
+        probabilities = {i: s.p_in_quarter for i, s in scores.items()} if scores else None
+        run_rate = learn_run_rate(outcomes, quarter, as_of, config, owner_ids=members)
+        roll = rollup(
+            snaps, quarter, as_of=as_of, pipelines=pipelines, tree=tree, config=config,
+            scope=None if scope == _all_scope() else scope, probabilities=probabilities, run_rate=run_rate,
+        )
+        values = {d.opportunity_id: d.value for d in roll.deals}
+        sources = {s.deal.id: s.deal.lead_source or "unknown" for s in snaps}
+        quarter_open = [d for d in roll.deals if d.in_quarter and not d.won]
+        return ForecastView(
+            rollup=roll,
+            scope=scope,
+            scope_name=tree.owners[scope].name if scope in tree.owners else "Everyone",
+            funnel=funnel(pipelines, snaps, then, values),
+            sources=by_lead_source((d.value, sources.get(d.opportunity_id, "unknown")) for d in quarter_open),
+            last_submission=history[-1] if history else None,
+            previous_submission=history[-2] if len(history) > 1 else None,
+            team_submissions=team,
+            run_rate=run_rate,
+            scored=bool(scores),
+            tree=tree,
+        )
+
     # -- one deal's story ----------------------------------------------------------------------
 
     @property
@@ -560,3 +648,15 @@ def stage_timeline(history: Any, stages: dict[str, Any]) -> tuple[tuple[date, st
             out.append((change.changed_at.date(), stages[change.stage_id].name if change.stage_id in stages else change.stage_id))
             last = change.stage_id
     return tuple(out)
+
+
+def _all_scope() -> str:
+    from cockpit.models.submission import ALL_SCOPE
+
+    return ALL_SCOPE
+
+
+def _from_us(value: int) -> datetime:
+    from cockpit.store.store import from_us
+
+    return from_us(value)

@@ -391,6 +391,7 @@ class Store:
         stage_id: str | None = None,
         ids: Iterable[str] | None = None,
         undated: bool = False,
+        won_from: date | None = None,
     ) -> list[DealSnapshot]:
         """Deals as they stood at the end of `as_of`, reconstructed from history in one query.
 
@@ -400,7 +401,10 @@ class Store:
         """
         where = []
         params: dict[str, Any] = {"cut": to_us(end_of_day(as_of))}
-        if open_only:
+        if open_only and won_from is not None:
+            where.append("(s.is_closed = 0 OR (s.is_won = 1 AND h.stage_entered_at >= :won_from))")
+            params["won_from"] = to_us(datetime.combine(won_from, datetime.min.time(), tzinfo=timezone.utc))
+        elif open_only:
             where.append("s.is_closed = 0")
         window = []
         if close_from is not None:
@@ -411,7 +415,11 @@ class Store:
             params["close_before"] = close_before.isoformat()
         if window:
             clause = " AND ".join(window)
-            where.append(f"(({clause}) OR h.close_date IS NULL)" if undated else clause)
+            if undated:
+                clause = f"(({clause}) OR h.close_date IS NULL)"
+            if won_from is not None:
+                clause = f"({clause} OR s.is_closed = 1)"
+            where.append(clause)
         if pipeline_id is not None:
             where.append("o.pipeline_id = :pipeline")
             params["pipeline"] = pipeline_id
@@ -453,6 +461,21 @@ class Store:
                 })
             )
         return out
+
+    def deal_outcomes(self) -> list[tuple[Any, ...]]:
+        """Per deal with a history: (id, owner, pipeline, created µs, won µs or None, booked day, amount, currency)."""
+        return self.conn.execute(
+            """
+            SELECT o.id, o.owner_id, o.pipeline_id, first.changed_at,
+                   CASE WHEN o.is_won THEN last.stage_entered_at END,
+                   CASE WHEN o.is_won THEN coalesce(o.close_date, date(last.stage_entered_at / 1000000, 'unixepoch')) END,
+                   o.amount, o.currency
+            FROM opportunity o
+            JOIN stage_change first ON first.opportunity_id = o.id AND first.seq = 0
+            JOIN stage_change last ON last.opportunity_id = o.id AND last.seq = (
+                SELECT max(seq) FROM stage_change WHERE opportunity_id = o.id)
+            """
+        ).fetchall()
 
     def stage_spells(self, as_of: date) -> dict[str, list[float]]:
         """Days spent in each stage, for every stay that ended by the end of `as_of` (one query)."""
