@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
-from textual import on
+from textual import on, work
 from textual.app import App
 from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
 from cockpit.config import Settings
+from cockpit.screens.forecast import ForecastScreen
 from cockpit.screens.help import HelpScreen
 from cockpit.screens.pipeline import PipelineScreen
 from cockpit.screens.review import ReviewScreen
+from cockpit.screens.sync import SyncScreen
 from cockpit.service import CockpitService
 
 
@@ -22,8 +26,11 @@ class CockpitApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")
     TITLE = "Deal Cockpit"
     BINDINGS = [
-        Binding("1", "switch_mode('review')", "Review", show=False, id="app-review", tooltip="Walk the stages and make the calls"),
-        Binding("2", "switch_mode('deals')", "Deals", show=False, id="app-deals", tooltip="The quarter's open deals"),
+        Binding("1", "switch_mode('forecast')", "Forecast", show=False, id="app-forecast",
+                tooltip="The quarter at a glance"),
+        Binding("2", "switch_mode('review')", "Review", show=False, id="app-review",
+                tooltip="Walk the stages and make the calls"),
+        Binding("3", "switch_mode('deals')", "Deals", show=False, id="app-deals", tooltip="The quarter's open deals"),
         Binding("q", "quit", "Quit", id="app-quit", tooltip="Leave the cockpit"),
         Binding("question_mark", "help", "Help", id="app-help", tooltip="Every key of this screen"),
     ]
@@ -35,12 +42,15 @@ class CockpitApp(App[None]):
     | `q` | Quit. |
     """
 
-    DEFAULT_MODE = "deals"
+    DEFAULT_MODE = "forecast"
 
     def __init__(self, service: CockpitService, settings: Settings) -> None:
         super().__init__()
         self.service = service
         self.settings = settings
+        self.store_ready = threading.Event()
+        """Set once the store holds data (after the first-run sync); screen loaders wait on it."""
+        self.add_mode("forecast", lambda: ForecastScreen(service))
         self.add_mode("deals", lambda: PipelineScreen(service))
         self.add_mode("review", lambda: ReviewScreen(service))
 
@@ -49,6 +59,25 @@ class CockpitApp(App[None]):
             self.set_keymap(self.settings.ui.keymap)
         if self.settings.ui.theme:
             self.theme = self.settings.ui.theme
+        self.prepare_store()
+
+    @work(thread=True, exclusive=True, group="first-run", exit_on_error=False)
+    def prepare_store(self) -> None:
+        """On an empty store, sync the configured connector (the demo by default) with progress."""
+        try:
+            if not self.service.store_is_empty():
+                return
+            connector = self.service.make_connector()
+            dialog = SyncScreen(connector.name)
+            self.call_from_thread(self.push_screen, dialog)
+
+            def report(p) -> None:  # noqa: ANN001 - SyncProgress
+                self.call_from_thread(dialog.progress, p.records, p.total, p.message)
+
+            asyncio.run(self.service.sync(connector, progress=report))
+            self.call_from_thread(dialog.dismiss)
+        finally:
+            self.store_ready.set()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The key for the section on screen is disabled (the footer greys it)."""

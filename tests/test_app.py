@@ -33,6 +33,12 @@ def row_ids(table: DealTable) -> list[str]:
     return [row.deal.id for row in table.rows]
 
 
+async def open_deals(app, pilot) -> None:
+    await settle(app, pilot)
+    await pilot.press("3")
+    await settle(app, pilot)
+
+
 async def settle(app, pilot) -> None:
     """Wait for the workers (a failed one is the app's to report, not the test's) and the repaint."""
     try:
@@ -46,7 +52,7 @@ async def settle(app, pilot) -> None:
 async def test_opens_on_the_quarters_deals_and_sorts(service):
     app = build_app(service, service.settings)
     async with app.run_test(size=(100, 30)) as pilot:
-        await settle(app, pilot)
+        await open_deals(app, pilot)
         assert isinstance(app.screen, PipelineScreen)
         table = app.screen.query_one(DealTable)
         header = str(app.screen.query_one("#pipeline-header", Static).render())
@@ -62,7 +68,7 @@ async def test_opens_on_the_quarters_deals_and_sorts(service):
 async def test_filter_and_clear(service):
     app = build_app(service, service.settings)
     async with app.run_test(size=(100, 30)) as pilot:
-        await settle(app, pilot)
+        await open_deals(app, pilot)
         await pilot.press("slash")
         await pilot.press(*"alice", "enter")
         table = app.screen.query_one(DealTable)
@@ -75,7 +81,7 @@ async def test_filter_and_clear(service):
 async def test_help_lists_the_screens_keys(service):
     app = build_app(service, service.settings)
     async with app.run_test(size=(80, 24)) as pilot:
-        await settle(app, pilot)
+        await open_deals(app, pilot)
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         help_table = app.screen.query_one(DataTable)
@@ -97,7 +103,7 @@ async def test_a_failed_load_notifies_and_keeps_the_screen(service, monkeypatch)
     seen: list = []
     app = build_app(service, service.settings)
     async with app.run_test(size=(100, 30), message_hook=seen.append) as pilot:
-        await settle(app, pilot)
+        await open_deals(app, pilot)
         notes = [m for m in seen if isinstance(m, Notify)]
         assert notes and notes[-1].notification.severity == "error"
         assert notes[-1].notification.title == "Store is locked"

@@ -39,7 +39,7 @@ async def settle(app, pilot) -> None:
 
 async def open_review(app, pilot) -> ReviewScreen:
     await settle(app, pilot)
-    await pilot.press("1")
+    await pilot.press("2")
     await settle(app, pilot)
     assert isinstance(app.screen, ReviewScreen)
     return app.screen

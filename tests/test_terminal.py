@@ -54,6 +54,10 @@ def test_cockpit_runs_in_a_real_80x24_terminal(tmux_session):
         subprocess.run(["tmux", "-S", socket, "send-keys", "-t", session, *keys], check=True)
 
     deadline = time.monotonic() + 30
+    while "Quota" not in cap():
+        assert time.monotonic() < deadline, cap()
+        time.sleep(0.1)
+    send("3")
     while "open pipeline" not in (screen := cap()):
         assert time.monotonic() < deadline, screen
         time.sleep(0.1)
@@ -63,6 +67,10 @@ def test_cockpit_runs_in_a_real_80x24_terminal(tmux_session):
     body = "\n".join(lines)
     assert "王磊" in body and "Alice Smith" in body
     send("/")
+    deadline = time.monotonic() + 10
+    while "enter to apply" not in cap():
+        assert time.monotonic() < deadline, "the filter box never opened"
+        time.sleep(0.05)
     send("-l", "alice")
     send("Enter")
     deadline = time.monotonic() + 10

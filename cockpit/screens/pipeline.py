@@ -8,10 +8,9 @@ from decimal import Decimal
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
 from textual.message import Message
 from textual.reactive import var
-from textual.widgets import Footer, Input, Label, ProgressBar, Static
+from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
 from cockpit.format import compact, money
@@ -101,15 +100,6 @@ class PipelineScreen(CockpitScreen):
             self.rows = rows
             self.title = title
 
-    class SyncProgressed(Message):
-        """First-run sync progress (posted from the loading thread)."""
-
-        def __init__(self, records: int, total: int | None, message: str) -> None:
-            super().__init__()
-            self.records = records
-            self.total = total
-            self.message = message
-
     def __init__(self, service: CockpitService) -> None:
         super().__init__()
         self.service = service
@@ -118,9 +108,6 @@ class PipelineScreen(CockpitScreen):
 
     def compose(self) -> ComposeResult:
         yield Static("Loading deals…", id="pipeline-header")
-        with Horizontal(id="sync-status"):
-            yield Label("", id="sync-label")
-            yield ProgressBar(id="sync-progress", show_eta=False)
         yield Input(placeholder="filter: owner, stage, account, category — enter to apply, escape to clear", id="filter")
         yield DealTable(COLUMNS, cell, lambda row: row.deal.id, id="deal-table", classes="-loads")
         yield Footer()
@@ -133,34 +120,13 @@ class PipelineScreen(CockpitScreen):
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def load_deals(self) -> None:
-        """Read the quarter's deals; on an empty store, sync the demo first (with progress)."""
-        worker = get_current_worker()
-        if self.service.store_is_empty():
-            self.app.call_from_thread(self._show_sync, True)
-            import asyncio
-
-            connector = self.service.make_connector()
-
-            def report(p) -> None:  # noqa: ANN001 - SyncProgress
-                self.post_message(self.SyncProgressed(p.records, p.total, p.message))
-
-            asyncio.run(self.service.sync(connector, progress=report))
-            self.app.call_from_thread(self._show_sync, False)
-        if worker.is_cancelled:
+        """Read the quarter's deals (once the first-run sync, if any, is done)."""
+        self.app.store_ready.wait()  # type: ignore[attr-defined]
+        if get_current_worker().is_cancelled:
             return
         quarter = self.service.current_quarter()
         rows = self.service.deals(DealFilter(quarter=quarter))
         self.post_message(self.DealsLoaded(rows, quarter.label))
-
-    def _show_sync(self, visible: bool) -> None:
-        self.query_one("#sync-status").display = visible
-        if visible:
-            self.query_one("#sync-label", Label).update("First run: loading the demo CRM… ")
-
-    @on(SyncProgressed)
-    def show_sync_progress(self, event: SyncProgressed) -> None:
-        bar = self.query_one("#sync-progress", ProgressBar)
-        bar.update(total=event.total, progress=event.records)
 
     @on(DealsLoaded)
     def show_deals(self, event: DealsLoaded) -> None:

@@ -108,6 +108,7 @@ class ReviewScreen(CockpitScreen):
 
     @work(thread=True, exclusive=True, group="review-load", exit_on_error=False)
     def load_walk(self) -> None:
+        self.app.store_ready.wait()  # type: ignore[attr-defined]
         self.post_message(self.WalkLoaded(self.service.review_walk()))
 
     @on(WalkLoaded)

@@ -1,0 +1,219 @@
+"""Forecast (home): the quarter at a glance for a scope — totals, the model's range, quota, the team,
+the funnel's volume and velocity, and pipeline by lead source."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Footer, Static
+
+from cockpit.format import compact, percent
+from cockpit.models import ForecastCategory, Quarter
+from cockpit.screens.base import CockpitScreen
+from cockpit.service import CockpitService, ForecastView
+from cockpit.widgets.deal_table import Column, DealTable
+
+OWNER_COLUMNS = (
+    Column("name", "Owner", 14, flex=True),
+    Column("closed", "Closed", 7, numeric=True),
+    Column("commit", "Commit", 7, numeric=True),
+    Column("best", "Best", 7, numeric=True, priority=2),
+    Column("quota", "Quota", 7, numeric=True, priority=1),
+    Column("att", "Att", 4, numeric=True),
+    Column("cov", "Cov", 5, numeric=True, priority=3),
+)
+
+FUNNEL_COLUMNS = (
+    Column("stage", "Stage", 13, flex=True),
+    Column("deals", "Deals", 5, numeric=True),
+    Column("value", "Value", 7, numeric=True),
+    Column("days", "Days", 4, numeric=True),
+    Column("then", "LastQ", 5, numeric=True, priority=1),
+    Column("trend", "Trend", 7),
+)
+
+
+def owner_cell(row, key: str) -> str:  # noqa: ANN001 - rollup.OwnerRow
+    t = row.totals
+    match key:
+        case "name":
+            return f"{row.name} (own deals)" if row.own_deals_only else row.name
+        case "closed":
+            return compact(t.closed)
+        case "commit":
+            return compact(t.commit)
+        case "best":
+            return compact(t.best_case)
+        case "quota":
+            return compact(row.quota) if row.quota is not None else "–"
+        case "att":
+            return percent(float(row.attainment)) if row.attainment is not None else "–"
+        case "cov":
+            return f"{row.coverage:.1f}×" if row.coverage is not None else "–"
+    raise KeyError(key)
+
+
+def funnel_cell(row, key: str) -> str:  # noqa: ANN001 - views.FunnelRow
+    match key:
+        case "stage":
+            return row.stage
+        case "deals":
+            return str(row.deals)
+        case "value":
+            return compact(row.value)
+        case "days":
+            return f"{row.median_days:.0f}" if row.median_days is not None else "–"
+        case "then":
+            return f"{row.last_quarter_median_days:.0f}" if row.last_quarter_median_days is not None else "–"
+        case "trend":
+            return row.trend
+    raise KeyError(key)
+
+
+def summary_text(view: ForecastView, week: str) -> Text:
+    """The four lines at the top: totals, the model's range, quota, submissions."""
+    r = view.rollup
+    t = r.totals
+    cur = r.currency
+    out = Text()
+    out.append(f"{r.quarter.label}", style="bold")
+    out.append(f" · {view.scope_name} · as of {r.as_of} · {week} · {cur}\n")
+    for n, category in enumerate(ForecastCategory):
+        if n:
+            out.append(" · ")
+        out.append(f"{category.label} ", style="dim")
+        out.append(compact(t.of(category)), style="bold" if category in (ForecastCategory.CLOSED, ForecastCategory.COMMIT) else "")
+    out.append("\n")
+    if r.range is not None:
+        out.append("Model P50 ", style="dim")
+        out.append(compact(r.range.p50), style="bold")
+        out.append(f" (P10 {compact(r.range.p10)} – P90 {compact(r.range.p90)}) · expected {compact(r.range.expected)}"
+                   f" incl. {compact(r.range.run_rate_expected)} not yet created")
+    else:
+        out.append("Model: not scored yet — run `cockpit train`", style="dim")
+    out.append(f" · stage-weighted {compact(t.stage_weighted_forecast)}\n")
+    quota = compact(r.quota) if r.quota is not None else "none"
+    att = percent(float(r.attainment)) if r.attainment is not None else "–"
+    cov = f"{r.coverage:.1f}×" if r.coverage is not None else "–"
+    out.append(f"Quota {quota} · attainment {att} · coverage {cov}")
+    if view.last_submission is not None:
+        sub = view.last_submission
+        delta = view.submission_delta
+        moved = f" ({'+' if delta >= 0 else '−'}{compact(abs(delta))} vs previous)" if delta is not None else ""
+        out.append(f" · submitted {compact(sub.manager_number)} on {sub.created_at.date()}{moved}")
+    else:
+        out.append(" · no submission yet")
+    return out
+
+
+def sources_text(view: ForecastView) -> Text:
+    out = Text("Pipeline by source: ", style="dim")
+    parts = [f"{s.source} {s.share * 100:.0f}% ({compact(s.value)})" for s in view.sources]
+    out.append(" · ".join(parts) if parts else "none")
+    return out
+
+
+class ForecastScreen(CockpitScreen):
+    """The quarter at a glance."""
+
+    AUTO_FOCUS = "#forecast-owners"
+    BINDINGS = [
+        Binding("left_square_bracket", "quarter(-1)", "◀ Quarter", id="forecast-previous-quarter",
+                tooltip="The previous quarter"),
+        Binding("right_square_bracket", "quarter(1)", "Quarter ▶", id="forecast-next-quarter",
+                tooltip="The next quarter"),
+        Binding("backspace,u", "scope_up", "Up a level", id="forecast-scope-up", tooltip="The manager's whole team"),
+        Binding("r", "refresh", "Refresh", id="forecast-refresh", tooltip="Reload from the store"),
+    ]
+    """
+    | Key | Action |
+    | :- | :- |
+    | `[` / `]` | Previous / next quarter. |
+    | `enter` | Drill down into the owner's team. `backspace` goes up a level. |
+    | `tab` | Between the team table and the funnel. |
+    """
+
+    class ViewLoaded(Message):
+        def __init__(self, view: ForecastView) -> None:
+            super().__init__()
+            self.view = view
+
+    def __init__(self, service: CockpitService) -> None:
+        super().__init__()
+        self.service = service
+        self.quarter: Quarter = service.current_quarter()
+        self.scope: str | None = None
+        self.view: ForecastView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("Loading the forecast…", id="forecast-summary")
+        with Horizontal(id="forecast-tables"):
+            with Vertical(id="forecast-team"):
+                yield Static("Team", classes="panel-title")
+                yield DealTable(OWNER_COLUMNS, owner_cell, lambda r: r.owner_id + ("*" if r.own_deals_only else ""),
+                                id="forecast-owners", classes="-loads")
+            with Vertical(id="forecast-funnel-box"):
+                yield Static("Funnel: open deals, median days in stage now and last quarter", classes="panel-title")
+                yield DealTable(FUNNEL_COLUMNS, funnel_cell, lambda r: f"{r.pipeline}/{r.stage}", id="forecast-funnel")
+        yield Static("", id="forecast-sources")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#forecast-owners", DealTable).loading = True
+        self.load_view()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 110, "-narrow")
+
+    @work(thread=True, exclusive=True, group="forecast", exit_on_error=False)
+    def load_view(self) -> None:
+        self.app.store_ready.wait()  # type: ignore[attr-defined]
+        self.post_message(self.ViewLoaded(self.service.forecast_view(self.quarter, self.scope)))
+
+    @on(ViewLoaded)
+    def show_view(self, event: ViewLoaded) -> None:
+        view = self.view = event.view
+        self.scope = view.scope
+        owners = self.query_one("#forecast-owners", DealTable)
+        owners.loading = False
+        owners.set_rows(view.rollup.rows)
+        self.query_one("#forecast-funnel", DealTable).set_rows(view.funnel)
+        quarter = view.rollup.quarter
+        as_of = view.rollup.as_of
+        week = f"week {quarter.week_of(as_of)}/{quarter.weeks}" if quarter.contains(as_of) else (
+            "closed quarter" if as_of >= quarter.end else "future quarter")
+        self.query_one("#forecast-summary", Static).update(summary_text(view, week))
+        self.query_one("#forecast-sources", Static).update(sources_text(view))
+
+    @on(DealTable.RowChosen, "#forecast-owners")
+    def drill_down(self, event: DealTable.RowChosen) -> None:
+        if self.view is None:
+            return
+        owner = event.key.rstrip("*")
+        if event.key.endswith("*") or not self.view.tree.is_manager(owner):
+            self.notify(f"{self.view.tree.owners[owner].name} has no team below; the Deals view (2) lists their deals",
+                        title="No team")
+            return
+        self.scope = owner
+        self.load_view()
+
+    def action_scope_up(self) -> None:
+        if self.view is None or self.scope not in self.view.tree.owners:
+            return
+        manager = self.view.tree.owners[self.scope].manager_id
+        if manager is None:
+            return
+        self.scope = manager
+        self.load_view()
+
+    def action_quarter(self, delta: int) -> None:
+        self.quarter = self.quarter.next() if delta > 0 else self.quarter.previous()
+        self.query_one("#forecast-summary", Static).update(f"Loading {self.quarter.label}…")
+        self.load_view()
+
+    def action_refresh(self) -> None:
+        self.load_view()
