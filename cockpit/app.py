@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
 from cockpit.config import Settings
+from cockpit.screens.changes import ChangesScreen
 from cockpit.screens.forecast import ForecastScreen
 from cockpit.screens.help import HelpScreen
 from cockpit.screens.pipeline import PipelineScreen
@@ -31,6 +32,8 @@ class CockpitApp(App[None]):
         Binding("2", "switch_mode('review')", "Review", show=False, id="app-review",
                 tooltip="Walk the stages and make the calls"),
         Binding("3", "switch_mode('deals')", "Deals", show=False, id="app-deals", tooltip="The quarter's open deals"),
+        Binding("4", "switch_mode('changes')", "Changes", show=False, id="app-changes",
+                tooltip="What moved since the last submission"),
         Binding("q", "quit", "Quit", id="app-quit", tooltip="Leave the cockpit"),
         Binding("question_mark", "help", "Help", id="app-help", tooltip="Every key of this screen"),
     ]
@@ -53,6 +56,7 @@ class CockpitApp(App[None]):
         self.add_mode("forecast", lambda: ForecastScreen(service))
         self.add_mode("deals", lambda: PipelineScreen(service))
         self.add_mode("review", lambda: ReviewScreen(service))
+        self.add_mode("changes", lambda: ChangesScreen(service))
 
     def on_mount(self) -> None:
         if self.settings.ui.keymap:

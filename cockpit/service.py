@@ -90,6 +90,16 @@ class ForecastView:
 
 
 @dataclass(frozen=True)
+class ChangesView:
+    """The Changes screen's data."""
+
+    waterfall: Any
+    scope: str
+    scope_name: str
+    owner_names: dict[str, str]
+
+
+@dataclass(frozen=True)
 class DealStory:
     """One deal's whole story for the Deal screen."""
 
@@ -470,7 +480,7 @@ class CockpitService:
             tree = OrgTree(store.owners())
             scope = scope or self.default_scope(tree)
             members = self.scope_members(tree, scope)
-            snaps = store.snapshot(as_of, owner_ids=members, won_from=quarter.start)
+            snaps = store.snapshot(as_of, owner_ids=members, closed_from=quarter.start)
             then_day = same_point(quarter, as_of, quarter.previous())
             then = store.snapshot(then_day, owner_ids=members)
             scores = store.scores([s.deal.id for s in snaps if not s.deal.is_closed])
@@ -499,6 +509,32 @@ class CockpitService:
             scored=bool(scores),
             tree=tree,
         )
+
+    def changes_view(self, quarter: Quarter | None = None, scope: str | None = None,
+                     since: date | None = None) -> ChangesView:
+        """What moved the quarter's open pipeline between `since` (default: the last submission, else a
+        week ago) and today: a waterfall that balances to the cent, each bucket with its deals."""
+        from cockpit.forecast.changes import changes, default_since
+        from cockpit.store.submissions import list_submissions
+
+        end = self.today()
+        quarter = quarter or self.current_quarter()
+        with self.store(create=False) as store:
+            tree = OrgTree(store.owners())
+            scope = scope or self.default_scope(tree)
+            members = self.scope_members(tree, scope)
+            history = list_submissions(store.conn, quarter.label, scope)
+            start = since or default_since(end, history[-1].created_at if history else None)
+            after = store.snapshot(end, owner_ids=members, closed_from=start)
+            before = store.snapshot(start, owner_ids=members)
+            seen = {s.deal.id for s in before}
+            before += store.snapshot(start, open_only=False, ids=[s.deal.id for s in after if s.deal.id not in seen])
+            stages = store.stages()
+        waterfall = changes(before, after, quarter, start=start, end=end, stages=stages,
+                            config=self.forecast_config, owner_ids=members)
+        names = {o: tree.owners[o].name for o in tree.owners}
+        return ChangesView(waterfall=waterfall, scope=scope,
+                           scope_name=names.get(scope, "Everyone"), owner_names=names)
 
     # -- one deal's story ----------------------------------------------------------------------
 

@@ -391,7 +391,7 @@ class Store:
         stage_id: str | None = None,
         ids: Iterable[str] | None = None,
         undated: bool = False,
-        won_from: date | None = None,
+        closed_from: date | None = None,
     ) -> list[DealSnapshot]:
         """Deals as they stood at the end of `as_of`, reconstructed from history in one query.
 
@@ -401,9 +401,9 @@ class Store:
         """
         where = []
         params: dict[str, Any] = {"cut": to_us(end_of_day(as_of))}
-        if open_only and won_from is not None:
-            where.append("(s.is_closed = 0 OR (s.is_won = 1 AND h.stage_entered_at >= :won_from))")
-            params["won_from"] = to_us(datetime.combine(won_from, datetime.min.time(), tzinfo=timezone.utc))
+        if open_only and closed_from is not None:
+            where.append("(s.is_closed = 0 OR h.stage_entered_at >= :closed_from)")
+            params["closed_from"] = to_us(datetime.combine(closed_from, datetime.min.time(), tzinfo=timezone.utc))
         elif open_only:
             where.append("s.is_closed = 0")
         window = []
@@ -417,7 +417,7 @@ class Store:
             clause = " AND ".join(window)
             if undated:
                 clause = f"(({clause}) OR h.close_date IS NULL)"
-            if won_from is not None:
+            if closed_from is not None:
                 clause = f"({clause} OR s.is_closed = 1)"
             where.append(clause)
         if pipeline_id is not None:

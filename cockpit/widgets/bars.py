@@ -39,8 +39,12 @@ def bar_text(bar: Bar, scale: float, origin: float, width: int) -> str:
     return (" " * max(0, lead) + body)[:width]
 
 
-def render_bars(bars: Sequence[Bar], width: int, *, label_width: int | None = None) -> Text:
-    """All bars on one shared scale, labels left, texts right; negative bars drawn with ▒."""
+def render_bars(bars: Sequence[Bar], width: int, *, label_width: int | None = None, zoom: bool = False) -> Text:
+    """All bars on one shared scale, labels left, texts right; negative bars drawn with ▒.
+
+    `zoom` starts the axis just below the smallest level instead of at zero, so the steps of a
+    waterfall are visible next to large totals (the title should say the axis is cut).
+    """
     if not bars:
         return Text("(nothing to show)", style="dim")
     label_width = label_width or min(22, max(cell_len(b.label) for b in bars))
@@ -49,6 +53,8 @@ def render_bars(bars: Sequence[Bar], width: int, *, label_width: int | None = No
     lo = min(min(b.start, b.start + b.value) for b in bars)
     hi = max(max(b.start, b.start + b.value) for b in bars)
     origin = min(0.0, lo)
+    if zoom and lo > 0:
+        origin = max(0.0, lo - (hi - lo) * 0.25)
     span = (hi - origin) or 1.0
     scale = bar_width / span
     out = Text()
@@ -68,13 +74,15 @@ class BarChart(Static):
     BarChart { height: auto; }
     """
 
-    def __init__(self, bars: Sequence[Bar] = (), *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, bars: Sequence[Bar] = (), *, zoom: bool = False, id: str | None = None,
+                 classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._bars = list(bars)
+        self.zoom = zoom
 
     def set_bars(self, bars: Sequence[Bar]) -> None:
         self._bars = list(bars)
         self.refresh(layout=True)
 
     def render(self) -> Text:
-        return render_bars(self._bars, max(20, self.content_size.width or 60))
+        return render_bars(self._bars, max(20, self.content_size.width or 60), zoom=self.zoom)
