@@ -130,6 +130,9 @@ def complete_history(opp: Opportunity, changes: list[StageChange]) -> list[Stage
     a None amount.
     """
     rows = sorted(changes, key=lambda c: c.changed_at)
+    if rows and all(r.amount is not None and r.close_date is not None and r.forecast_category is not None
+                    for r in rows):
+        return rows  # already complete (the usual case for connectors that send full snapshots)
     if not rows:
         start = opp.created_at or opp.modified_at or opp.closed_at
         if start is None:
