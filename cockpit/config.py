@@ -78,6 +78,8 @@ class Settings(BaseModel):
     """Pin "today" (for demos and reproducible reviews); default: the real date."""
     scope: str | None = None
     """Whose team the cockpit opens on (owner id or name); default: the top of the org tree."""
+    export_dir: Path | None = None
+    """Where exports go by default (default: ~/cockpit-exports)."""
     demo: DemoSettings = DemoSettings()
     csv: CsvSettings = CsvSettings()
     calendar: CalendarSettings = CalendarSettings()

@@ -100,6 +100,19 @@ class ChangesView:
 
 
 @dataclass(frozen=True)
+class CommitPreview:
+    """What the Commit screen shows before the manager confirms."""
+
+    submission: Any
+    """The submission as it would be stored (validated, no id yet)."""
+    previous: Any
+    """The scope's latest submission for the quarter, if any."""
+    team: Any
+    """The team's latest submissions rolled up (managers only)."""
+    scope_name: str
+
+
+@dataclass(frozen=True)
 class DealStory:
     """One deal's whole story for the Deal screen."""
 
@@ -535,6 +548,61 @@ class CockpitService:
         names = {o: tree.owners[o].name for o in tree.owners}
         return ChangesView(waterfall=waterfall, scope=scope,
                            scope_name=names.get(scope, "Everyone"), owner_names=names)
+
+    # -- committing ----------------------------------------------------------------------------
+
+    def commit_preview(self, walk: ReviewWalk, manager_number: Decimal | None = None, reason: str = "") -> CommitPreview:
+        """The submission the walk's calls would make (validated), beside the last one and the team's."""
+        from cockpit.forecast.submissions import lines_from_rollup, make_submission, rollup_submissions
+        from cockpit.models.submission import ALL_SCOPE
+        from cockpit.store.submissions import latest_submissions, list_submissions
+
+        quarter = self.calendar.parse_quarter(walk.quarter)
+        view = self.forecast_view(quarter, walk.scope)
+        roll = view.rollup
+        calls = dict(walk.lines)
+        lines = [calls.get(line.opportunity_id, line) for line in lines_from_rollup(roll, self.quota_config)]
+        model = self.load_model(quiet=True)
+        draft = make_submission(
+            roll, lines, author=walk.author, manager_number=manager_number, reason=reason,
+            model_version=model.version if model is not None else "",
+        )
+        with self.store(create=False) as store:
+            history = list_submissions(store.conn, walk.quarter, walk.scope)
+            team = None
+            if walk.scope != ALL_SCOPE and view.tree.is_manager(walk.scope):
+                latest = latest_submissions(store.conn, walk.quarter, view.tree.subtree(walk.scope))
+                team = rollup_submissions(view.tree, walk.scope, walk.quarter, latest)
+        return CommitPreview(submission=draft, previous=history[-1] if history else None, team=team,
+                             scope_name=view.scope_name)
+
+    def submit(self, walk: ReviewWalk, manager_number: Decimal | None, reason: str) -> Any:
+        """Append the submission (one transaction; never edited later) and clear the walk's draft."""
+        from cockpit.store.submissions import append_submission, delete_draft
+
+        submission = self.commit_preview(walk, manager_number, reason).submission
+        with self.store() as store:
+            with store.transaction():
+                new_id = append_submission(store.conn, submission)
+                delete_draft(store.conn, walk.quarter, walk.scope, walk.author)
+        return submission.model_copy(update={"id": new_id})
+
+    def default_export_path(self, submission: Any, fmt: str) -> Path:
+        """~/cockpit-exports/FY2026-Q4_<scope>_<id>.toml (or the configured export_dir)."""
+        folder = self.settings.export_dir or Path.home() / "cockpit-exports"
+        scope = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in submission.scope)
+        return Path(folder).expanduser() / f"{submission.quarter}_{scope}_{submission.id}.{fmt}"
+
+    def export(self, submission: Any, fmt: str, path: Path, *, force: bool = False) -> Path:
+        """Write a submission as TOML or CSV, atomically; an existing file needs force."""
+        from cockpit.export import write_submission_csv, write_submission_toml
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "toml":
+            return write_submission_toml(submission, path, force=force)
+        if fmt == "csv":
+            return write_submission_csv(submission, path, force=force)
+        raise ValueError(f"unknown export format {fmt!r}; use toml or csv")
 
     # -- one deal's story ----------------------------------------------------------------------
 

@@ -101,3 +101,57 @@ async def test_review_at_80x24_drops_the_stage_list(service):
         screen = await open_review(app, pilot)
         assert screen.has_class("-narrow")
         assert not screen.query_one("#review-stages").display or screen.query_one("#review-stages").size.width == 0
+
+
+async def test_commit_submit_and_export(service, isolated_dirs):
+    """Calls → Commit: totals, a number that differs needs a reason, confirm, export both files."""
+    import csv
+    import tomllib
+
+    from cockpit.screens.commit import CommitScreen
+    from cockpit.screens.modals import ConfirmModal
+    from cockpit.store.submissions import list_submissions
+
+    app = build_app(service, service.settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_review(app, pilot)
+        await pilot.press("c")  # c (qualify, 80k CNY) → commit
+        await pilot.press("C")
+        await settle(app, pilot)
+        commit = app.screen
+        assert isinstance(commit, CommitScreen)
+        sub = commit.preview.submission
+        # commit: a (negotiate, 120k) + c (80k) = 200k CNY → 28,000 USD at 0.14
+        assert sub.totals.commit == Decimal("28000.00") and sub.manager_number == Decimal("28000.00")
+        await pilot.press(*"30000")
+        await settle(app, pilot)
+        assert commit.problem and "reason" in commit.problem
+        await pilot.press("ctrl+s")
+        assert not isinstance(app.screen, ConfirmModal)  # refused until there is a reason
+        await pilot.press("tab", *"upside on Acme")
+        await settle(app, pilot)
+        assert commit.problem is None
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, ConfirmModal)
+        await pilot.press("y")
+        await settle(app, pilot)
+        assert isinstance(app.screen, PromptModal)  # where to export the TOML
+        toml_path = isolated_dirs / "out" / "q4.toml"
+        await pilot.press("ctrl+a", "ctrl+k", *str(toml_path), "enter")
+        await settle(app, pilot)
+        assert isinstance(app.screen, PromptModal)  # then the CSV
+        csv_path = isolated_dirs / "out" / "q4.csv"
+        await pilot.press("ctrl+a", "ctrl+k", *str(csv_path), "enter")
+        await settle(app, pilot)
+    with service.store() as store:
+        [stored] = list_submissions(store.conn, "FY2026-Q4", "vp")
+        assert load_draft(store.conn, "FY2026-Q4", "vp", os_user()) is None  # the draft became the submission
+    assert stored.manager_number == Decimal(30000) and stored.reason == "upside on Acme"
+    from cockpit.export import read_submission_toml
+
+    assert read_submission_toml(toml_path) == stored  # the file reads back to the stored submission
+    doc = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+    assert {line["opportunity_id"]: line["category"] for line in doc["lines"]} == {
+        "a": "commit", "c": "commit", "d": "pipeline"}
+    rows = list(csv.DictReader(csv_path.open(encoding="utf-8")))
+    assert {r["opportunity_id"]: r["category"] for r in rows} == {"a": "commit", "c": "commit", "d": "pipeline"}
