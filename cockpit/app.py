@@ -15,6 +15,7 @@ from cockpit.config import Settings
 from cockpit.screens.changes import ChangesScreen
 from cockpit.screens.forecast import ForecastScreen
 from cockpit.screens.help import HelpScreen
+from cockpit.screens.history import HistoryScreen
 from cockpit.screens.pipeline import PipelineScreen
 from cockpit.screens.review import ReviewScreen
 from cockpit.screens.sync import SyncScreen
@@ -34,6 +35,8 @@ class CockpitApp(App[None]):
         Binding("3", "switch_mode('deals')", "Deals", show=False, id="app-deals", tooltip="The quarter's open deals"),
         Binding("4", "switch_mode('changes')", "Changes", show=False, id="app-changes",
                 tooltip="What moved since the last submission"),
+        Binding("5", "switch_mode('history')", "History", show=False, id="app-history",
+                tooltip="Past submissions and their accuracy"),
         Binding("q", "quit", "Quit", id="app-quit", tooltip="Leave the cockpit"),
         Binding("question_mark", "help", "Help", id="app-help", tooltip="Every key of this screen"),
     ]
@@ -57,6 +60,7 @@ class CockpitApp(App[None]):
         self.add_mode("deals", lambda: PipelineScreen(service))
         self.add_mode("review", lambda: ReviewScreen(service))
         self.add_mode("changes", lambda: ChangesScreen(service))
+        self.add_mode("history", lambda: HistoryScreen(service))
 
     def on_mount(self) -> None:
         if self.settings.ui.keymap:

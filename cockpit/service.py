@@ -113,6 +113,31 @@ class CommitPreview:
 
 
 @dataclass(frozen=True)
+class SubmissionAccuracy:
+    """A submission and, once its quarter has closed, what was actually booked."""
+
+    submission: Any
+    actual: Decimal | None
+
+    @property
+    def error(self) -> float | None:
+        """(number − actual) ÷ actual in %, + means the manager over-called."""
+        if self.actual is None or not self.actual:
+            return None
+        return float((self.submission.manager_number - self.actual) / self.actual * 100)
+
+
+@dataclass(frozen=True)
+class HistoryView:
+    scope: str
+    scope_name: str
+    rows: list[SubmissionAccuracy]
+    """Newest first."""
+    backtest: dict[str, Any] | None
+    """The latest stored backtest report for the scope (`cockpit backtest`), if any."""
+
+
+@dataclass(frozen=True)
 class DealStory:
     """One deal's whole story for the Deal screen."""
 
@@ -603,6 +628,37 @@ class CockpitService:
         if fmt == "csv":
             return write_submission_csv(submission, path, force=force)
         raise ValueError(f"unknown export format {fmt!r}; use toml or csv")
+
+    # -- history -------------------------------------------------------------------------------
+
+    def history_view(self, scope: str | None = None) -> HistoryView:
+        """Past submissions of a scope with their accuracy once their quarter closed, and the latest backtest."""
+        from cockpit.models.submission import ALL_SCOPE
+        from cockpit.store.submissions import list_submissions
+
+        today = self.today()
+        with self.store(create=False) as store:
+            tree = OrgTree(store.owners())
+            scope = scope or self.default_scope(tree)
+            subs = list_submissions(store.conn, scope=scope)
+            outcomes = self.outcomes(store)
+            backtest = store.latest_backtest(scope)
+        members = None if scope == ALL_SCOPE else set(tree.subtree(scope))
+        rows = []
+        for sub in reversed(subs):
+            quarter = self.calendar.parse_quarter(sub.quarter)
+            actual = None
+            if quarter.end <= today:
+                fx = self.forecast_config.fx(quarter.last_day)
+                actual = sum(
+                    (fx(o.amount, o.currency) for o in outcomes
+                     if o.booked_on is not None and quarter.contains(o.booked_on)
+                     and (members is None or o.owner_id in members)),
+                    Decimal(0),
+                )
+            rows.append(SubmissionAccuracy(sub, actual))
+        return HistoryView(scope=scope, scope_name=tree.owners[scope].name if scope in tree.owners else "Everyone",
+                           rows=rows, backtest=backtest)
 
     # -- one deal's story ----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from cockpit.models import DealHistory, SyncBatch, complete_history, snapshot_of
 from cockpit.store import Store, StoreError
-from cockpit.store.schema import SCHEMA_VERSION
+from cockpit.store.schema import APPLICATION_ID, SCHEMA_VERSION
 from tests.factories import OWNERS, PIPELINE, random_history, small_batch
 
 
@@ -176,3 +176,23 @@ def test_snapshot_equals_brute_force_replay(tmp_path_factory, deals, probe):
         assert mine.deal.model_dump() == ref.deal.model_dump()
         assert (mine.stage_entered_at, mine.stage_changes, mine.close_date_pushes) == (
             ref.stage_entered_at, ref.stage_changes, ref.close_date_pushes)
+
+
+def test_migration_from_version_1_keeps_data(tmp_path):
+    """A store made by schema 1 opens under the current cockpit with its data intact."""
+    from cockpit.store.schema import MIGRATIONS
+    from cockpit.store.store import _split_sql
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in _split_sql(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO owner (id, name) VALUES ('x', 'Old Owner')")
+    conn.close()
+    with Store.open(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert [o.name for o in store.owners()] == ["Old Owner"]
+        store.record_backtest("*", {"weeks": []})
+        assert store.latest_backtest("*")["report"] == {"weeks": []}

@@ -129,6 +129,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (quarter, scope, author)
     );
     """,
+    # 2: backtest reports (the History screen's accuracy curve)
+    """
+    CREATE TABLE backtest_run (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        report TEXT NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -597,6 +597,20 @@ class Store:
             )
         return int(cur.lastrowid or 0)
 
+    def record_backtest(self, scope: str, report: dict[str, Any]) -> int:
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO backtest_run (created_at, scope, report) VALUES (?, ?, ?)",
+                (datetime.now(timezone.utc).isoformat(), scope, json.dumps(report, ensure_ascii=False)),
+            )
+        return int(cur.lastrowid or 0)
+
+    def latest_backtest(self, scope: str) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT created_at, report FROM backtest_run WHERE scope = ? ORDER BY id DESC LIMIT 1", (scope,)
+        ).fetchone()
+        return {"created_at": row[0], "report": json.loads(row[1])} if row else None
+
     def latest_model_run(self) -> dict[str, Any] | None:
         row = self.conn.execute(
             "SELECT id, created_at, version, chosen, report FROM model_run ORDER BY id DESC LIMIT 1"
