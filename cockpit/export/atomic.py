@@ -28,7 +28,9 @@ def write_atomic(path: Path | str, data: bytes, *, force: bool = False) -> Path:
     if target.is_dir():
         raise ExportError("Not a file", f"{target} is a directory; give a file name to write to")
     if not target.parent.is_dir():
-        raise ExportError("No such directory", f"{target.parent} does not exist; create it or choose another --out")
+        raise ExportError(
+            "No such directory", f"{target.parent} does not exist; create it or choose another --out"
+        )
     if target.exists() and not force:
         raise ExportError("File exists", f"{target} already exists; use --force to replace it")
     try:

@@ -163,4 +163,3 @@ def read_submission_toml(path: Path | str) -> Submission:
 def write_submission_toml(submission: Submission, path: Path | str, *, force: bool = False) -> Path:
     """Write the submission's TOML atomically; refuses to replace a file unless `force`."""
     return write_atomic(path, submission_to_toml(submission).encode("utf-8"), force=force)
-

@@ -32,7 +32,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cockpit.models import ForecastCategory, Opportunity, Stage
+from cockpit.models import ForecastCategory, Opportunity, OrgTree, Stage
 
 CENT = Decimal("0.01")
 """Converted amounts are rounded to the cent (half-even), so sums of converted amounts are exact."""
@@ -102,8 +102,6 @@ class ForecastConfig(BaseModel):
     risk: RiskThresholds = RiskThresholds()
     run_rate_quarters: int = Field(default=4, ge=1, le=12)
     """How many past quarters the run-rate of not-yet-created deals is learned from."""
-    seed: int = 0
-    """Seed of anything random (the range is exact, so only tie-breaking uses it today)."""
 
     @model_validator(mode="after")
     def _unique_keys(self) -> ForecastConfig:
@@ -132,17 +130,21 @@ class ForecastConfig(BaseModel):
                 return quota.amount
         return None
 
-    def scope_quota(self, owner_id: str | None, members: Iterable[str], quarter: str) -> Decimal | None:
-        """The quota of a scope: the scope owner's own quota if set, else the sum over its members.
+    def scope_quota(self, tree: OrgTree, owner_id: str, quarter: str) -> Decimal | None:
+        """The quota of an owner's whole team: their own quota if set, else the sum of their direct
+        reports' team quotas (recursively). None when nobody in the team has one.
 
-        A manager's quota is normally set on the manager (it covers the team); when it is not, the
-        team's quotas add up. None when nobody in the scope has one.
+        A manager's quota normally covers the team; the team's quotas add up only where it is not set,
+        so nobody is counted twice.
         """
-        if owner_id is not None:
-            own = self.quota(owner_id, quarter)
-            if own is not None:
-                return own
-        found = [q.amount for q in self.quotas if q.quarter == quarter and q.owner_id in set(members)]
+        own = self.quota(owner_id, quarter)
+        if own is not None:
+            return own
+        found = [
+            q
+            for q in (self.scope_quota(tree, c, quarter) for c in tree.direct_reports(owner_id))
+            if q is not None
+        ]
         return sum(found, Decimal(0)) if found else None
 
     def category(self, deal: Opportunity, stage: Stage) -> ForecastCategory:
@@ -175,6 +177,11 @@ class Fx:
             if index >= 0:
                 self._rates[currency] = items[index].rate
 
+    @property
+    def rates(self) -> dict[str, Decimal]:
+        """Currency → rate for every currency that has one on this day (the reporting currency is 1)."""
+        return dict(self._rates)
+
     def rate(self, currency: str) -> Decimal:
         """Reporting-currency units per unit of `currency` on this converter's day."""
         try:
@@ -191,10 +198,8 @@ class Fx:
             ) from None
 
     def __call__(self, amount: Decimal, currency: str) -> Decimal:
-        """`amount` of `currency` in the reporting currency, rounded to the cent."""
-        return convert(amount, self.rate(currency))
-
-
-def convert(amount: Decimal, rate: Decimal) -> Decimal:
-    """`amount × rate`, rounded half-even to the cent."""
-    return (amount * rate).quantize(CENT, rounding=ROUND_HALF_EVEN)
+        """`amount` of `currency` in the reporting currency, rounded half-even to the cent."""
+        rate = self._rates.get(currency)
+        if rate is None:
+            rate = self.rate(currency)  # raises the explanatory FxError
+        return (amount * rate).quantize(CENT, rounding=ROUND_HALF_EVEN)

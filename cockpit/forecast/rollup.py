@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
-from cockpit.forecast.config import ForecastConfig
-from cockpit.forecast.deals import ForecastDeal, forecast_deals, stage_index
+from cockpit.forecast.config import CENT, ForecastConfig
+from cockpit.forecast.deals import ForecastDeal, forecast_deals, gc_paused, stage_index
 from cockpit.forecast.distribution import ForecastRange, forecast_range
 from cockpit.forecast.runrate import RunRate
 from cockpit.models import DealSnapshot, ForecastCategory, OrgTree, Pipeline, Quarter
@@ -109,7 +109,7 @@ class Rollup:
     rows: list[OwnerRow]
     quota: Decimal | None
     deals: list[ForecastDeal] = field(repr=False)
-    """Every deal counted: won in the quarter and open (in its pipeline or not)."""
+    """Every deal in scope as assessed on as_of (closed ones too, for `changes_since`); see quarter_deals."""
     range: ForecastRange | None = None
     """The model's range incl. the run-rate (None when no probabilities were given)."""
     unscored: int = 0
@@ -155,36 +155,67 @@ def coverage(totals: CategoryTotals, quota: Decimal | None) -> Decimal | None:
     return totals.open_pipeline / remaining
 
 
-def totals_of(deals: Iterable[ForecastDeal]) -> CategoryTotals:
-    """Sum deals into category totals."""
-    sums = {c: ZERO for c in ForecastCategory}
-    weighted = ZERO
-    model = 0.0
-    scored = False
-    count = 0
-    for deal in deals:
+class _Sums:
+    """Running category sums; one per (owner, pipeline) so a single pass feeds every view."""
+
+    __slots__ = ("sums", "weighted", "model", "scored", "count")
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(ForecastCategory, ZERO)
+        self.weighted = ZERO
+        self.model = 0.0
+        self.scored = False
+        self.count = 0
+
+    def add(self, deal: ForecastDeal) -> None:
         if deal.won:
-            sums[ForecastCategory.CLOSED] += deal.value
-            count += 1
-            continue
+            self.sums[ForecastCategory.CLOSED] += deal.value
+            self.count += 1
+            return
         if deal.p_in_quarter is not None:
-            model += deal.p_in_quarter * float(deal.value)
-            scored = True
-        if not deal.in_quarter:
-            continue
-        sums[deal.category] += deal.value
-        weighted += deal.value * deal.stage_probability
-        count += 1
-    return CategoryTotals(
-        closed=sums[ForecastCategory.CLOSED],
-        commit=sums[ForecastCategory.COMMIT],
-        best_case=sums[ForecastCategory.BEST_CASE],
-        pipeline=sums[ForecastCategory.PIPELINE],
-        omitted=sums[ForecastCategory.OMITTED],
-        weighted=weighted.quantize(Decimal("0.01")),
-        model_open=Decimal(repr(model)).quantize(Decimal("0.01")) if scored else None,
-        deals=count,
-    )
+            self.model += deal.p_in_quarter * float(deal.value)
+            self.scored = True
+        if deal.in_quarter:
+            self.sums[deal.category] += deal.value
+            self.weighted += deal.value * deal.stage_probability
+            self.count += 1
+
+    def merge(self, other: _Sums) -> _Sums:
+        for category, value in other.sums.items():
+            self.sums[category] += value
+        self.weighted += other.weighted
+        self.model += other.model
+        self.scored = self.scored or other.scored
+        self.count += other.count
+        return self
+
+    def totals(self) -> CategoryTotals:
+        sums = self.sums
+        return CategoryTotals(
+            closed=sums[ForecastCategory.CLOSED],
+            commit=sums[ForecastCategory.COMMIT],
+            best_case=sums[ForecastCategory.BEST_CASE],
+            pipeline=sums[ForecastCategory.PIPELINE],
+            omitted=sums[ForecastCategory.OMITTED],
+            weighted=self.weighted.quantize(CENT),
+            model_open=Decimal(repr(self.model)).quantize(CENT) if self.scored else None,
+            deals=self.count,
+        )
+
+
+def _merged(parts: Iterable[_Sums]) -> CategoryTotals:
+    out = _Sums()
+    for part in parts:
+        out.merge(part)
+    return out.totals()
+
+
+def totals_of(deals: Iterable[ForecastDeal]) -> CategoryTotals:
+    """Sum deals into category totals (won in the quarter → closed; open in its pipeline → their category)."""
+    sums = _Sums()
+    for deal in deals:
+        sums.add(deal)
+    return sums.totals()
 
 
 def rollup(
@@ -206,6 +237,21 @@ def rollup(
     roll-up also carries the model's range (plus `run_rate`, the bookings expected from deals not
     created yet, see `learn_run_rate`).
     """
+    with gc_paused():
+        return _rollup(snapshots, quarter, as_of, pipelines, tree, config, scope, probabilities, run_rate)
+
+
+def _rollup(
+    snapshots: Iterable[DealSnapshot],
+    quarter: Quarter,
+    as_of: date,
+    pipelines: Sequence[Pipeline],
+    tree: OrgTree,
+    config: ForecastConfig,
+    scope: str | None,
+    probabilities: Mapping[str, float] | None,
+    run_rate: RunRate | None,
+) -> Rollup:
     members = _members(tree, scope)
     deals = forecast_deals(
         snapshots,
@@ -215,15 +261,28 @@ def rollup(
         config,
         owner_ids=None if scope is None else members,
         probabilities=probabilities,
+        every_deal=True,
     )
-    totals = totals_of(deals)
-    grouped: dict[str, list[ForecastDeal]] = {}
+    cells: dict[tuple[str, str], _Sums] = {}
     for deal in deals:
-        grouped.setdefault(deal.pipeline_id, []).append(deal)
-    by_pipeline = {p.id: totals_of(grouped[p.id]) for p in pipelines if p.id in grouped}
-    rows = _owner_rows(deals, tree, scope, quarter, config)
-    open_scored = [d for d in deals if not d.won and d.p_in_quarter is not None]
-    unscored = sum(1 for d in deals if not d.won and d.p_in_quarter is None)
+        key = (deal.deal.owner_id, deal.deal.pipeline_id)
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = _Sums()
+        cell.add(deal)
+    totals = _merged(cells.values())
+    by_pipeline = {
+        p.id: _merged(c for (_, pid), c in cells.items() if pid == p.id)
+        for p in pipelines
+        if any(pid == p.id for _, pid in cells)
+    }
+    by_owner: dict[str, list[_Sums]] = {}
+    for (owner, _), cell in cells.items():
+        by_owner.setdefault(owner, []).append(cell)
+    rows = _owner_rows(by_owner, tree, scope, quarter, config)
+    open_deals = [d for d in deals if not d.deal.is_closed]
+    open_scored = [d for d in open_deals if d.p_in_quarter is not None]
+    unscored = len(open_deals) - len(open_scored)
     fc_range = None
     if probabilities is not None:
         fc_range = forecast_range(
@@ -241,7 +300,7 @@ def rollup(
         totals=totals,
         by_pipeline=by_pipeline,
         rows=rows,
-        quota=config.scope_quota(scope, members, quarter.label) if scope else _all_quota(tree, config, quarter),
+        quota=config.scope_quota(tree, scope, quarter.label) if scope else _all_quota(tree, config, quarter),
         deals=deals,
         range=fc_range,
         unscored=unscored,
@@ -254,37 +313,38 @@ def _members(tree: OrgTree, scope: str | None) -> list[str]:
     try:
         return tree.subtree(scope)
     except KeyError:
-        raise KeyError(f"scope {scope!r} is not a known owner; give an owner id or name from the org tree") from None
+        raise KeyError(
+            f"scope {scope!r} is not a known owner; give an owner id or name from the org tree"
+        ) from None
 
 
 def _all_quota(tree: OrgTree, config: ForecastConfig, quarter: Quarter) -> Decimal | None:
-    found = [config.scope_quota(root, tree.subtree(root), quarter.label) for root in tree.roots]
+    found = [config.scope_quota(tree, root, quarter.label) for root in tree.roots]
     known = [q for q in found if q is not None]
     return sum(known, ZERO) if known else None
 
 
 def _owner_rows(
-    deals: list[ForecastDeal], tree: OrgTree, scope: str | None, quarter: Quarter, config: ForecastConfig
+    by_owner: dict[str, list[_Sums]],
+    tree: OrgTree,
+    scope: str | None,
+    quarter: Quarter,
+    config: ForecastConfig,
 ) -> list[OwnerRow]:
     """Drill-down rows: the scope owner's own deals (if a manager), then each direct report's subtree."""
-    by_owner: dict[str, list[ForecastDeal]] = {}
-    for deal in deals:
-        by_owner.setdefault(deal.owner_id, []).append(deal)
     rows = []
     if scope is not None:
-        if not tree.is_manager(scope):
-            own = by_owner.get(scope, [])
-            return [_row(tree, scope, (scope,), own, config.quota(scope, quarter.label), own_only=False)]
         own = by_owner.get(scope, [])
+        if not tree.is_manager(scope):
+            return [_row(tree, scope, (scope,), own, config.quota(scope, quarter.label))]
         if own:
             rows.append(_row(tree, scope, (scope,), own, config.quota(scope, quarter.label), own_only=True))
     for child in tree.direct_reports(scope):
         members = tuple(tree.subtree(child))
-        sub = [d for m in members for d in by_owner.get(m, [])]
-        rows.append(_row(tree, child, members, sub, config.scope_quota(child, members, quarter.label)))
+        parts = [cell for m in members for cell in by_owner.get(m, [])]
+        rows.append(_row(tree, child, members, parts, config.scope_quota(tree, child, quarter.label)))
     if scope is None:
-        unknown = sorted(o for o in by_owner if o not in tree.owners)
-        for owner in unknown:
+        for owner in sorted(o for o in by_owner if o not in tree.owners):
             rows.append(_row(tree, owner, (owner,), by_owner[owner], config.quota(owner, quarter.label)))
     return rows
 
@@ -293,7 +353,7 @@ def _row(
     tree: OrgTree,
     owner_id: str,
     members: tuple[str, ...],
-    deals: list[ForecastDeal],
+    parts: list[_Sums],
     quota: Decimal | None,
     own_only: bool = False,
 ) -> OwnerRow:
@@ -302,7 +362,7 @@ def _row(
         owner_id=owner_id,
         name=owner.name if owner else owner_id,
         members=members,
-        totals=totals_of(deals),
+        totals=_merged(parts),
         quota=quota,
         own_deals_only=own_only,
     )

@@ -36,19 +36,20 @@ class ScoringConfig(BaseModel):
     min_deals_for_boosting: int = Field(default=400, ge=0)
     """Below this many training deals the regularised logistic model is used instead of gradient boosting."""
     shrinkage_deals: float = Field(default=10.0, ge=0)
-    """Pseudo-deals pulling a stage's model score toward the stage's historical rate (thin stages move more)."""
+    """Pseudo-deals pulling a stage's model score toward the stage's historical rate (thin stages move
+    more)."""
     win_rate_prior_deals: float = Field(default=10.0, ge=0)
     """Pseudo-deals pulling an owner's or team's past win rate toward everyone's past win rate."""
     activity_window_days: int = Field(default=30, ge=1, le=365)
     """Window of the `activities_30d` feature."""
     test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     """Share of closed deals (the latest to close) held out to test the model."""
-    calibration_fraction: float = Field(default=0.2, gt=0, lt=0.5)
-    """Share of closed deals (closing just before the test deals) used to stop boosting and calibrate."""
+    tuning_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    """Share of closed deals (closing just before the test deals) whose labels decide when boosting stops."""
     max_iter: int = Field(default=300, ge=10, le=2000)
-    """Most boosting rounds; fewer are kept when the calibration slice stops improving."""
-    learning_rate: float = Field(default=0.1, gt=0, le=1)
-    max_leaf_nodes: int = Field(default=31, ge=2, le=255)
+    """Most boosting rounds; fewer are kept when the tuning slice stops improving."""
+    learning_rate: float = Field(default=0.2, gt=0, le=1)
+    max_leaf_nodes: int = Field(default=15, ge=2, le=255)
     min_category_examples: int = Field(default=30, ge=1)
     """Categories seen in fewer training examples are pooled into "other"."""
     max_categories: int = Field(default=60, ge=2, le=250)
@@ -57,8 +58,9 @@ class ScoringConfig(BaseModel):
     """Reasons attached to each score (the strongest first)."""
     min_reasons: int = Field(default=3, ge=0, le=8)
     """Reasons shown even when their effect is tiny (so a score is never unexplained)."""
-    reasons_target: Literal["won", "in_quarter"] = "won"
-    """Which probability the reasons explain."""
+    reasons_target: Literal["auto", "won", "in_quarter"] = "auto"
+    """Which probability the reasons explain; "auto": the one where the model beats its baselines by
+    more (on data where only the quarter target has signal, its reasons are the useful ones)."""
     random_state: int = 0
 
     @field_validator("disabled_features", mode="before")

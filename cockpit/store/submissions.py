@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timezone
+from datetime import UTC
 
 from pydantic import ValidationError
 
@@ -65,8 +65,8 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _stamp(value) -> str:  # noqa: ANN001 - aware datetime
-    return value.astimezone(timezone.utc).isoformat()
+def _stamp(value) -> str:
+    return value.astimezone(UTC).isoformat()
 
 
 def append_submission(conn: sqlite3.Connection, submission: Submission) -> int:
@@ -74,7 +74,8 @@ def append_submission(conn: sqlite3.Connection, submission: Submission) -> int:
     if submission.id is not None:
         raise SubmissionStoreError(
             "Submission already stored",
-            f"submission {submission.id} is already in the store; submissions are never edited, make a new one",
+            f"submission {submission.id} is already in the store; submissions are never edited, "
+            "make a new one",
         )
     payload = submission.model_dump_json(exclude={"id"})
     with _transaction(conn):
@@ -122,7 +123,9 @@ def list_submissions(
     return [_submission(row) for row in conn.execute(sql + " ORDER BY id", args)]
 
 
-def latest_submissions(conn: sqlite3.Connection, quarter: str, owner_ids: Iterable[str]) -> dict[str, Submission]:
+def latest_submissions(
+    conn: sqlite3.Connection, quarter: str, owner_ids: Iterable[str]
+) -> dict[str, Submission]:
     """For each scope in `owner_ids` that has one, its latest submission for `quarter`."""
     ids = sorted(set(owner_ids))
     out: dict[str, Submission] = {}
@@ -131,7 +134,8 @@ def latest_submissions(conn: sqlite3.Connection, quarter: str, owner_ids: Iterab
         marks = ", ".join("?" * len(chunk))
         rows = conn.execute(
             f"SELECT s.id, s.payload FROM submission s WHERE s.quarter = ? AND s.scope IN ({marks}) "
-            "AND s.id = (SELECT max(t.id) FROM submission t WHERE t.quarter = s.quarter AND t.scope = s.scope)",
+            "AND s.id = (SELECT max(t.id) FROM submission t "
+            "WHERE t.quarter = s.quarter AND t.scope = s.scope)",
             [quarter, *chunk],
         )
         for row in rows:
@@ -165,7 +169,8 @@ def load_draft(conn: sqlite3.Connection, quarter: str, scope: str, author: str) 
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise SubmissionStoreError(
             "Draft unreadable",
-            f"the draft of {author} for {quarter} / {scope} is damaged ({where}: {first['msg']}); delete it to start over",
+            f"the draft of {author} for {quarter} / {scope} is damaged ({where}: {first['msg']}); "
+            "delete it to start over",
         ) from None
 
 

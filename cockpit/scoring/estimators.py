@@ -1,0 +1,600 @@
+"""The estimators behind a score, as plain arrays: categorical encoding, binning, trees, logistic
+tables and calibration.
+
+Both models work on a *binned* matrix (one small integer per feature, 255 = missing): the gradient
+boosting model uses scikit-learn's own bins and tree predictors (`predict_binned`, the fast path), the
+logistic model one-hot encodes quantile bins (a regularised additive model). Reasons replace a group
+of bins by a reference deal's bins and predict again, so both models share one reason code path.
+
+scikit-learn is imported inside functions only: fitting needs it, and so does predicting with trees,
+but importing this module does not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Literal
+
+import numpy as np
+
+from cockpit.scoring.config import ScoringConfig
+from cockpit.scoring.features import FeatureFrame, FeatureSpec
+
+MISSING = 255
+"""Bin of a missing value (scikit-learn's `missing_values_bin_idx_` with the default 255 bins)."""
+OTHER = "(other)"
+"""Category pooling the rare values of a categorical feature."""
+
+NODE_FIELDS = (
+    "value",
+    "count",
+    "feature_idx",
+    "num_threshold",
+    "missing_go_to_left",
+    "left",
+    "right",
+    "gain",
+    "depth",
+    "is_leaf",
+    "bin_threshold",
+    "is_categorical",
+    "bitset_idx",
+)
+"""Fields of a tree node as scikit-learn's TreePredictor stores them (saved one array per field)."""
+
+
+def load_sklearn() -> None:
+    """Prepare the first scikit-learn import: OpenMP threads that sleep rather than spin while waiting.
+
+    libgomp's default spin-waiting makes gradient boosting up to 10x slower when the cores are shared
+    with other work (measured: 29 s instead of 2 s for the same fit on a busy 2-core machine). The
+    setting is read when scikit-learn's OpenMP runtime loads, so it must be set before the first
+    import; a value the user set is kept.
+    """
+    import sys
+
+    if "sklearn" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -35.0, 35.0)))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def n_threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+# --------------------------------------------------------------------------------------------------
+# Categorical encoding
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Encoder:
+    """Maps a frame to the model's matrix: categorical columns first (the order scikit-learn's
+    boosting model uses internally), strings to the model's codes, rare ones pooled into OTHER."""
+
+    specs: tuple[FeatureSpec, ...]
+    """The model's columns: categorical features first, then numeric ones, each in frame order."""
+    vocab: dict[str, list[str]]
+
+    @classmethod
+    def fit(cls, frame: FeatureFrame, rows: np.ndarray, config: ScoringConfig) -> Encoder:
+        """Keep the categories seen in at least `min_category_examples` training rows, most frequent
+        first."""
+        vocab: dict[str, list[str]] = {}
+        for j, spec in enumerate(frame.specs):
+            if spec.kind != "cat":
+                continue
+            local = frame.categories[spec.name]
+            col = frame.values[rows, j]
+            col = col[~np.isnan(col)].astype(np.int64)
+            counts = np.bincount(col, minlength=len(local)) if len(local) else np.zeros(0, dtype=np.int64)
+            order = np.argsort(-counts, kind="stable")
+            kept = [
+                int(i) for i in order[: config.max_categories] if counts[i] >= config.min_category_examples
+            ]
+            pooled = counts.sum() > counts[kept].sum() if len(counts) else False
+            vocab[spec.name] = [local[i] for i in kept] + ([OTHER] if pooled else [])
+        specs = tuple(s for s in frame.specs if s.kind == "cat") + tuple(
+            s for s in frame.specs if s.kind != "cat"
+        )
+        return cls(specs, vocab)
+
+    def transform(self, frame: FeatureFrame) -> np.ndarray:
+        """The frame's matrix with categorical columns recoded to the model's codes (NaN = missing)."""
+        where = {s.name: j for j, s in enumerate(frame.specs)}
+        if set(where) != {s.name for s in self.specs}:
+            raise ValueError("feature frame and model disagree on the feature list")
+        X = frame.values[:, [where[s.name] for s in self.specs]]
+        for j, spec in enumerate(self.specs):
+            if spec.kind != "cat":
+                continue
+            vocab = self.vocab[spec.name]
+            index = {v: i for i, v in enumerate(vocab)}
+            fallback = index.get(OTHER, math.nan)
+            local = frame.categories[spec.name]
+            lut = np.array([index.get(v, fallback) for v in local] + [math.nan], dtype=np.float64)
+            col = X[:, j]
+            codes = np.where(np.isnan(col), len(local), col).astype(np.int64)
+            X[:, j] = lut[codes]
+        return X
+
+    def category(self, name: str, code: float) -> str | None:
+        if math.isnan(code):
+            return None
+        return self.vocab[name][int(code)]
+
+    @property
+    def is_categorical(self) -> np.ndarray:
+        return np.array([s.kind == "cat" for s in self.specs], dtype=bool)
+
+
+# --------------------------------------------------------------------------------------------------
+# Binning
+# --------------------------------------------------------------------------------------------------
+
+
+def bin_matrix(X: np.ndarray, thresholds: list[np.ndarray], is_cat: np.ndarray) -> np.ndarray:
+    """Bin each column: numeric x goes to bin i iff t[i-1] < x <= t[i]; a category to its index among
+    the known ones; NaN and unknown categories to MISSING."""
+    n, p = X.shape
+    out = np.empty((n, p), dtype=np.uint8)
+    for j in range(p):
+        col = X[:, j]
+        t = thresholds[j]
+        b = np.searchsorted(t, col, side="left")
+        missing = np.isnan(col)
+        if is_cat[j]:
+            hit = b < len(t)
+            hit[hit] = t[b[hit]] == col[hit]
+            missing |= ~hit
+        out[:, j] = np.where(missing, MISSING, np.minimum(b, MISSING - 1))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Gradient-boosted trees
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TreeModel:
+    """A fitted HistGradientBoostingClassifier reduced to arrays (binned prediction only)."""
+
+    thresholds: list[np.ndarray]
+    is_cat: np.ndarray
+    baseline: float
+    nodes: dict[str, np.ndarray]
+    """Node fields of all trees, concatenated (child indices are relative to their tree)."""
+    tree_offsets: np.ndarray
+    bitsets: np.ndarray
+    """Binned left-category bitsets of all trees, concatenated, shape (m, 8) uint32."""
+    bitset_offsets: np.ndarray
+    _predictors: list | None = field(default=None, repr=False)
+
+    kind: Literal["gradient_boosting"] = "gradient_boosting"
+
+    @property
+    def n_trees(self) -> int:
+        return len(self.tree_offsets) - 1
+
+    def bin(self, X: np.ndarray) -> np.ndarray:
+        return bin_matrix(X, self.thresholds, self.is_cat)
+
+    def predictors(self) -> list:
+        """scikit-learn TreePredictors rebuilt from the arrays (imports scikit-learn on first use)."""
+        if self._predictors is None:
+            load_sklearn()
+            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
+            from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+
+            total = len(self.nodes["value"])
+            records = np.zeros(total, dtype=PREDICTOR_RECORD_DTYPE)
+            for name in PREDICTOR_RECORD_DTYPE.names:
+                if name not in self.nodes:
+                    raise ValueError(f"tree nodes lack the field {name!r} this scikit-learn needs")
+                records[name] = self.nodes[name]
+            out = []
+            empty = np.zeros((0, 8), dtype=np.uint32)
+            for t in range(self.n_trees):
+                a, b = self.tree_offsets[t], self.tree_offsets[t + 1]
+                bits = np.ascontiguousarray(self.bitsets[self.bitset_offsets[t] : self.bitset_offsets[t + 1]])
+                out.append(
+                    TreePredictor(records[a:b], bits if len(bits) else empty, bits if len(bits) else empty)
+                )
+            self._predictors = out
+        return self._predictors
+
+    def tree_features(self) -> list[np.ndarray]:
+        """Features each tree splits on."""
+        feats = self.nodes["feature_idx"]
+        leaf = self.nodes["is_leaf"].astype(bool)
+        return [np.unique(feats[a:b][~leaf[a:b]]) for a, b in pairwise(self.tree_offsets)]
+
+    def raw(self, B: np.ndarray, trees: np.ndarray | None = None, with_baseline: bool = True) -> np.ndarray:
+        """Sum of the trees' outputs (log-odds) on binned rows; `trees` restricts to some trees."""
+        preds = self.predictors()
+        out = np.full(len(B), self.baseline if with_baseline else 0.0)
+        if not len(B):
+            return out
+        threads = n_threads()
+        for t in range(self.n_trees) if trees is None else trees:
+            out += preds[t].predict_binned(B, MISSING, threads)
+        return out
+
+    def raw_by_group(self, B: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Total log-odds, and for each feature group the summed output of the trees that use it."""
+        preds = self.predictors()
+        uses = self._group_trees(groups)
+        total = np.full(len(B), self.baseline)
+        per_group = np.zeros((len(groups), len(B)))
+        threads = n_threads()
+        for t in range(self.n_trees):
+            out = preds[t].predict_binned(B, MISSING, threads)
+            total += out
+            for g in np.flatnonzero(uses[:, t]):
+                per_group[g] += out
+        return total, per_group
+
+    def group_raw(self, B: np.ndarray, groups: list[np.ndarray], g: int) -> np.ndarray:
+        """Summed output of the trees that use group `g`, on binned rows `B`."""
+        uses = self._group_trees(groups)
+        return self.raw(B, np.flatnonzero(uses[g]), with_baseline=False)
+
+    def _group_trees(self, groups: list[np.ndarray]) -> np.ndarray:
+        key = tuple(tuple(int(i) for i in g) for g in groups)
+        cache = getattr(self, "_uses_cache", None)
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        feats = self.tree_features()
+        uses = np.zeros((len(groups), self.n_trees), dtype=bool)
+        for g, members in enumerate(groups):
+            for t, f in enumerate(feats):
+                uses[g, t] = bool(np.intersect1d(f, members, assume_unique=False).size)
+        object.__setattr__(self, "_uses_cache", (key, uses))
+        return uses
+
+    def validate(self, n_features: int) -> None:
+        """Check node indices so a damaged or hand-made file cannot make the predictor read out of bounds."""
+        if len(self.thresholds) != n_features or len(self.is_cat) != n_features:
+            raise ValueError("bin thresholds do not match the feature list")
+        lengths = {len(v) for v in self.nodes.values()}
+        if len(lengths) > 1:
+            raise ValueError("tree node fields differ in length")
+        total = lengths.pop() if lengths else 0
+        offsets, bit_offsets = self.tree_offsets, self.bitset_offsets
+        if offsets[0] != 0 or offsets[-1] != total or np.any(np.diff(offsets) < 1):
+            raise ValueError("tree offsets are inconsistent")
+        if bit_offsets[0] != 0 or bit_offsets[-1] != len(self.bitsets) or np.any(np.diff(bit_offsets) < 0):
+            raise ValueError("bitset offsets are inconsistent")
+        if len(bit_offsets) != len(offsets) or self.bitsets.ndim != 2 or self.bitsets.shape[1] != 8:
+            raise ValueError("category bitsets are malformed")
+        size = np.repeat(np.diff(offsets), np.diff(offsets))
+        n_bits = np.repeat(np.diff(bit_offsets), np.diff(offsets))
+        inner = self.nodes["is_leaf"] == 0
+        for child in ("left", "right"):
+            if np.any(inner & (self.nodes[child] >= size)):
+                raise ValueError("a tree node points outside its tree")
+        feature = self.nodes["feature_idx"]
+        if np.any(inner & ((feature < 0) | (feature >= n_features))):
+            raise ValueError("a tree node splits on an unknown feature")
+        cat = inner & (self.nodes["is_categorical"] != 0)
+        if np.any(cat & (self.nodes["bitset_idx"] >= n_bits)):
+            raise ValueError("a tree node points outside its category bitsets")
+        if any(np.any(np.diff(t) <= 0) for t in self.thresholds if len(t) > 1):
+            raise ValueError("bin thresholds are not increasing")
+
+
+def fit_trees(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    is_cat: np.ndarray,
+    config: ScoringConfig,
+    rounds: int | None = None,
+    examples_per_deal: float = 1.0,
+) -> TreeModel:
+    """Gradient boosting. With `rounds`, exactly that many trees; otherwise early stopping on a later
+    slice (`X_val`): boost in chunks while the slice's log loss improves, keep the best round.
+
+    A leaf needs the examples of about 20 deals (weekly examples of one deal are near copies, so
+    counting examples alone would let a leaf learn a handful of deals by heart).
+    """
+    load_sklearn()
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X, X_val = _fill_empty_columns(X, X_val)
+    chunk, patience = 25, 20
+    target = rounds if rounds is not None else config.max_iter
+    clf = HistGradientBoostingClassifier(
+        learning_rate=config.learning_rate,
+        max_leaf_nodes=config.max_leaf_nodes,
+        min_samples_leaf=int(min(max(20, 20 * examples_per_deal), max(20, len(y) // 20))),
+        l2_regularization=1.0,
+        max_iter=target if rounds is not None else min(chunk, target),
+        early_stopping=False,
+        warm_start=rounds is None,
+        categorical_features=is_cat if is_cat.any() else None,
+        random_state=config.random_state,
+    )
+    if rounds is not None or not len(y_val):
+        clf.fit(X, y)
+        return _extract(clf, len(clf._predictors))
+    losses: list[float] = []
+    raw_val = np.zeros(0)
+    B_val = None
+    done = best = 0
+    while True:
+        clf.fit(X, y)
+        if B_val is None:
+            first = _extract(clf, 0)
+            B_val = first.bin(X_val)
+            raw_val = np.full(len(y_val), first.baseline)
+        for predictors in clf._predictors[done:]:
+            raw_val = raw_val + predictors[0].predict_binned(B_val, MISSING, n_threads())
+            losses.append(_log_loss(y_val, sigmoid(raw_val)))
+        done = len(clf._predictors)
+        best = int(np.argmin(losses)) + 1
+        if done >= target or done - best >= patience or done < clf.max_iter:
+            break
+        clf.max_iter = min(done + chunk, target)
+    return _extract(clf, best)
+
+
+def _fill_empty_columns(X: np.ndarray, X_val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Columns with no value at all in training become zeros (scikit-learn cannot bin them); the
+    trees then never split on them, and a missing value at prediction takes the missing branch."""
+    empty = np.isnan(X).all(axis=0) if len(X) else np.zeros(X.shape[1], dtype=bool)
+    if not empty.any():
+        return X, X_val
+    X = X.copy()
+    X[:, empty] = 0.0
+    X_val = X_val.copy()
+    X_val[:, empty] = 0.0
+    return X, X_val
+
+
+def _extract(clf, n_trees: int) -> TreeModel:
+    """Arrays of the first `n_trees` trees, with bins expressed on our own (encoded) matrix."""
+    mapper = clf._bin_mapper
+    if int(mapper.missing_values_bin_idx_) != MISSING:
+        raise RuntimeError("unexpected number of bins in the boosting model")
+    thresholds = [np.asarray(t, dtype=np.float64) for t in mapper.bin_thresholds_]
+    pre = getattr(clf, "_preprocessor", None)
+    if pre is not None:
+        # scikit-learn ordinal-encodes categorical columns and moves them first; ours already are
+        # first, so only the category values need mapping: bin k is the k-th known value.
+        cat_cols = np.flatnonzero(clf.is_categorical_)
+        if not np.array_equal(cat_cols, np.arange(len(cat_cols))):
+            raise RuntimeError("categorical columns must come first")
+        encoder = pre.named_transformers_["encoder"]
+        for j, cats in zip(cat_cols, encoder.categories_, strict=True):
+            cats = np.asarray(cats, dtype=np.float64)
+            cats = cats[~np.isnan(cats)]
+            if not np.array_equal(thresholds[j], np.arange(len(cats), dtype=np.float64)):
+                raise RuntimeError("unexpected category bins in the boosting model")
+            thresholds[j] = cats
+    trees = [p[0] for p in clf._predictors[:n_trees]]
+    nodes = {
+        name: (np.concatenate([t.nodes[name] for t in trees]) if trees else np.zeros(0, dtype=np.float64))
+        for name in NODE_FIELDS
+    }
+    sizes = [len(t.nodes) for t in trees]
+    bits = [np.asarray(t.binned_left_cat_bitsets, dtype=np.uint32).reshape(-1, 8) for t in trees]
+    return TreeModel(
+        thresholds=thresholds,
+        is_cat=np.asarray(mapper.is_categorical_, dtype=bool),
+        baseline=float(np.ravel(clf._baseline_prediction)[0]),
+        nodes=nodes,
+        tree_offsets=np.concatenate(([0], np.cumsum(sizes))).astype(np.int64),
+        bitsets=np.concatenate(bits) if bits else np.zeros((0, 8), dtype=np.uint32),
+        bitset_offsets=np.concatenate(([0], np.cumsum([len(b) for b in bits]))).astype(np.int64),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Regularised logistic model on bins
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LinearModel:
+    """Logistic regression on one-hot bins: log-odds = intercept + sum of one weight per feature."""
+
+    thresholds: list[np.ndarray]
+    is_cat: np.ndarray
+    intercept: float
+    table: np.ndarray
+    """Weights, shape (n_features, 256): table[j, bin] (bin 255 = missing)."""
+    c: float = 0.1
+    """Inverse regularisation strength it was fitted with."""
+
+    kind: Literal["logistic"] = "logistic"
+
+    def bin(self, X: np.ndarray) -> np.ndarray:
+        return bin_matrix(X, self.thresholds, self.is_cat)
+
+    def raw(self, B: np.ndarray) -> np.ndarray:
+        if not B.shape[1]:
+            return np.full(len(B), self.intercept)
+        return self.intercept + self.table[np.arange(B.shape[1])[None, :], B].sum(axis=1)
+
+    def raw_by_group(self, B: np.ndarray, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        parts = self.table[np.arange(B.shape[1])[None, :], B] if B.shape[1] else np.zeros((len(B), 0))
+        total = self.intercept + parts.sum(axis=1)
+        per_group = np.stack([parts[:, g].sum(axis=1) for g in groups]) if groups else np.zeros((0, len(B)))
+        return total, per_group
+
+    def group_raw(self, B: np.ndarray, groups: list[np.ndarray], g: int) -> np.ndarray:
+        cols = groups[g]
+        return self.table[cols[None, :], B[:, cols]].sum(axis=1)
+
+    def validate(self, n_features: int) -> None:
+        if self.table.shape != (n_features, 256) or len(self.thresholds) != n_features:
+            raise ValueError("logistic weights do not match the feature list")
+
+
+def _linear_thresholds(X: np.ndarray, is_cat: np.ndarray, bins: int = 8) -> list[np.ndarray]:
+    out = []
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        col = col[~np.isnan(col)]
+        if is_cat[j]:
+            out.append(np.unique(col))
+        elif len(col):
+            qs = np.unique(np.quantile(col, np.linspace(0, 1, bins + 1)[1:-1]))
+            out.append(qs.astype(np.float64))
+        else:
+            out.append(np.zeros(0))
+    return out
+
+
+def fit_linear(
+    X: np.ndarray,
+    y: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    is_cat: np.ndarray,
+    config: ScoringConfig,
+    c: float | None = None,
+) -> LinearModel:
+    """L2-regularised logistic regression on quantile bins; the strength `c` is chosen on the later
+    slice unless given."""
+    thresholds = _linear_thresholds(X, is_cat)
+    p = X.shape[1]
+    base = float((y.sum() + 1.0) / (len(y) + 2.0))
+    empty = LinearModel(thresholds, is_cat, float(logit(np.array([base]))[0]), np.zeros((p, 256)))
+    if p == 0 or y.min() == y.max():
+        return empty
+    load_sklearn()
+    from scipy.sparse import csr_matrix
+    from sklearn.linear_model import LogisticRegression
+
+    B = bin_matrix(X, thresholds, is_cat)
+    cols = (np.arange(p)[None, :] * 256 + B).ravel()
+    used, index = np.unique(cols, return_inverse=True)
+    design = csr_matrix(
+        (np.ones(len(cols)), (np.repeat(np.arange(len(B)), p), index)), shape=(len(B), len(used))
+    )
+
+    def fit(strength: float) -> LinearModel:
+        clf = LogisticRegression(C=strength, max_iter=2000)
+        clf.fit(design, y)
+        table = np.zeros(p * 256)
+        table[used] = clf.coef_[0]
+        return LinearModel(thresholds, is_cat, float(clf.intercept_[0]), table.reshape(p, 256), strength)
+
+    if c is not None or not len(y_val):
+        return fit(c if c is not None else 0.1)
+    B_val = bin_matrix(X_val, thresholds, is_cat)
+    fitted = [fit(c) for c in (0.01, 0.03, 0.1, 0.3, 1.0)]
+    losses = [_log_loss(y_val, sigmoid(m.raw(B_val))) for m in fitted]
+    return fitted[int(np.argmin(losses))]
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibration
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Calibrator:
+    """Maps log-odds to a calibrated probability: identity, Platt (sigmoid) or isotonic."""
+
+    kind: Literal["identity", "sigmoid", "isotonic"] = "identity"
+    a: float = 1.0
+    b: float = 0.0
+    x: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    y: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        if self.kind == "sigmoid":
+            return sigmoid(self.a * raw + self.b)
+        p = sigmoid(raw)
+        if self.kind == "isotonic":
+            return np.interp(p, self.x, self.y)
+        return p
+
+    def validate(self) -> None:
+        if self.kind not in ("identity", "sigmoid", "isotonic"):
+            raise ValueError(f"unknown calibration {self.kind!r}")
+        if self.kind == "isotonic" and (
+            len(self.x) != len(self.y) or not len(self.x) or np.any(np.diff(self.x) < 0)
+        ):
+            raise ValueError("isotonic calibration table is malformed")
+
+
+def fit_calibrator(raw: np.ndarray, y: np.ndarray) -> Calibrator:
+    """Calibrate on a later slice: isotonic or sigmoid, whichever predicts the slice's second half
+    better when fitted on its first half (isotonic needs 1,000 examples); none with too few labels.
+
+    A weak model gets the sigmoid, whose slope can fall to zero, instead of an isotonic staircase
+    that would turn noise into confident steps.
+    """
+    load_sklearn()
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if min(n_pos, n_neg) < 5:
+        return Calibrator()
+    candidates = ["sigmoid"]
+    if len(y) >= 1000 and min(n_pos, n_neg) >= 50:
+        candidates.append("isotonic")
+    kind = candidates[0]
+    if len(candidates) > 1:
+        half = len(y) // 2
+        first, second = slice(0, half), slice(half, None)
+        if 0 < y[first].sum() < half:
+            losses = [
+                _log_loss(y[second], _fit_kind(k, raw[first], y[first])(raw[second])) for k in candidates
+            ]
+            kind = candidates[int(np.argmin(losses))]
+    return _fit_kind(kind, raw, y)
+
+
+def _fit_kind(kind: str, raw: np.ndarray, y: np.ndarray) -> Calibrator:
+    if kind == "isotonic":
+        from sklearn.isotonic import IsotonicRegression
+
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        iso.fit(sigmoid(raw), y)
+        return Calibrator(
+            "isotonic", x=np.asarray(iso.X_thresholds_, float), y=np.asarray(iso.y_thresholds_, float)
+        )
+    a, b = platt(raw, y)
+    return Calibrator("sigmoid", a=a, b=b)
+
+
+def platt(raw: np.ndarray, y: np.ndarray, iterations: int = 50) -> tuple[float, float]:
+    """Sigmoid calibration p = sigmoid(a * raw + b) by Newton's method on the log loss (a tiny ridge
+    keeps it finite when the classes separate)."""
+    a, b = 1.0, 0.0
+    ridge = 1e-6 * max(1, len(y))
+    for _ in range(iterations):
+        p = sigmoid(a * raw + b)
+        w = p * (1 - p)
+        g = np.array([np.dot(p - y, raw) + ridge * a, np.sum(p - y)])
+        h = np.array([[np.dot(w, raw * raw) + ridge, np.dot(w, raw)], [np.dot(w, raw), np.sum(w) + 1e-12]])
+        try:
+            step = np.linalg.solve(h, g)
+        except np.linalg.LinAlgError:
+            break
+        a, b = a - float(step[0]), b - float(step[1])
+        if abs(step).max() < 1e-9:
+            break
+    return a, b
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-15, 1 - 1e-15)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -1,0 +1,576 @@
+"""A trained win model: turns open deals into calibrated probabilities with reasons.
+
+One `TargetModel` per target (won eventually, won within the quarter). Each is either the fitted
+estimator (binned trees or logistic tables, then calibration, then shrinkage toward the stage's
+historical rate where the stage has few training deals) or, when the estimator did not beat it on the
+test split, one of the baselines.
+
+Reasons are faithful to the model: for every reason group (days in stage, close-date pushes, activity,
+...) the deal is scored again with that group's values replaced by a typical open deal's values in the
+same stage (the per-stage median, or the most common category), and the reason's points are the
+difference in the final probability. Only the trees that split on the group are re-evaluated, and
+only for deals whose values differ from the typical ones, so reasons for 100,000 deals take a few
+batched predictions rather than a loop per deal.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+
+from cockpit.models import DealHistory, DealScore, Owner, Reason
+from cockpit.scoring.baselines import CRM, STAGE_RATE, StageRates, crm_probability
+from cockpit.scoring.estimators import Calibrator, Encoder, LinearModel, TreeModel
+from cockpit.scoring.features import (
+    CONTEXT_GROUPS,
+    FeatureContext,
+    FeatureFrame,
+    WinEvents,
+    build_frame,
+    day_of,
+    flatten,
+    team_key,
+)
+from cockpit.scoring.reasons import describe
+
+MODEL = "model"
+P_MIN, P_MAX = 0.001, 0.999
+"""Scores stay inside [0.1%, 99.9%]: the model never claims certainty about an open deal."""
+
+
+@dataclass
+class TargetModel:
+    """How one target is scored: the estimator (or a baseline), calibration and shrinkage."""
+
+    target: str
+    chosen: str
+    """"model", or the baseline used instead ("crm_stage_probability", "stage_win_rate")."""
+    estimator: TreeModel | LinearModel | None
+    calibrator: Calibrator
+    rates: StageRates
+    """The target's historical rate per stage (shrinkage target and fallback)."""
+    model_deals: np.ndarray
+    """Training deals of the estimator per stage code."""
+    shrinkage: float
+    min_stage: int
+
+    def insufficient(self, stage: np.ndarray) -> np.ndarray:
+        """Rows whose stage had too few training deals for the estimator (or is unknown)."""
+        known = stage >= 0
+        n = np.where(known, self.model_deals[np.where(known, stage, 0)], 0)
+        return n < self.min_stage
+
+    def from_raw(self, raw: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """Final probability from the estimator's log-odds: calibrate, shrink, fall back where thin."""
+        p = self.calibrator(raw)
+        known = stage >= 0
+        n = np.where(known, self.model_deals[np.where(known, stage, 0)], 0).astype(np.float64)
+        base = self.rates.predict(stage)
+        k = self.shrinkage
+        p = (n * p + k * base) / np.maximum(n + k, 1e-12)
+        p = np.where(self.insufficient(stage), base, p)
+        return np.clip(p, P_MIN, P_MAX)
+
+    def predict(self, frame: FeatureFrame, X: np.ndarray, ctx: FeatureContext) -> np.ndarray:
+        """Probabilities for the frame's rows (X is the encoded matrix)."""
+        if self.chosen == CRM:
+            return crm_probability(frame, ctx.stages, self.target)
+        if self.chosen == STAGE_RATE or self.estimator is None:
+            return np.clip(self.rates.predict(frame.stage), P_MIN, P_MAX)
+        est = self.estimator
+        return self.from_raw(est.raw(est.bin(X)), frame.stage)
+
+
+def predict_targets(
+    targets: dict[str, TargetModel], frame: FeatureFrame, X: np.ndarray, ctx: FeatureContext
+) -> dict[str, np.ndarray]:
+    """Both probabilities; P(won this quarter) never exceeds P(won)."""
+    p_won = targets["won"].predict(frame, X, ctx)
+    p_q = np.minimum(targets["in_quarter"].predict(frame, X, ctx), p_won)
+    return {"won": p_won, "in_quarter": p_q}
+
+
+@dataclass
+class ReasonSettings:
+    """Which probability reasons explain, and how many each score gets."""
+
+    target: str = "won"
+    max_reasons: int = 5
+    min_reasons: int = 3
+
+
+class ScoringModel:
+    """A trained model: `score` open deals as of a date, with both probabilities and reasons."""
+
+    def __init__(
+        self,
+        context: FeatureContext,
+        encoder: Encoder,
+        targets: dict[str, TargetModel],
+        references: np.ndarray,
+        owner_names: dict[str, str],
+        metadata: dict[str, Any],
+        reasons: ReasonSettings,
+    ) -> None:
+        self.context = context
+        self.encoder = encoder
+        self.targets = targets
+        self.references = references
+        """Typical open deal per stage code (last row: all stages), encoded like X."""
+        self.owner_names = owner_names
+        self.metadata = metadata
+        self.reason_settings = reasons
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("version", ""))
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.metadata.get("fingerprint", ""))
+
+    # -- scoring ----------------------------------------------------------------------------------
+
+    def score(
+        self,
+        histories_open: Iterable[DealHistory],
+        as_of: date,
+        *,
+        closed: Iterable[DealHistory] | None = None,
+        owners: Sequence[Owner] | None = None,
+        reasons: bool = True,
+    ) -> list[DealScore]:
+        """Score the deals that were open at the end of `as_of` (others are skipped).
+
+        `closed` (deals closed so far) refreshes the owners' and teams' past win rates; without it
+        the outcomes known at training are used. `owners` refreshes names and teams.
+        """
+        hist = list(histories_open)
+        paused = gc.isenabled()
+        gc.disable()  # hundreds of thousands of new objects: avoid repeated full collections
+        try:
+            names = {**self.owner_names, **{o.id: o.name for o in owners or ()}}
+            return self._score(hist, as_of, self._context(closed, owners), reasons, names)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _score(
+        self, hist: list[DealHistory], as_of: date, ctx: FeatureContext, reasons: bool, names: dict[str, str]
+    ) -> list[DealScore]:
+        flat = flatten(hist, ctx.stages, ctx.attributes)
+        n = len(hist)
+        frame = build_frame(
+            flat, np.arange(n, dtype=np.int64), np.full(n, as_of.toordinal(), dtype=np.int64), ctx
+        )
+        frame = frame.subset(frame.is_open)
+        X = self.encoder.transform(frame)
+        owner_ids = [flat.owner_ids[i] for i in frame.deal]
+        probs = self._predict(frame, X, ctx, owner_ids, names, with_reasons=reasons)
+        p_won, p_q, why = probs
+        version = self.version
+        make = fast_constructor(DealScore)
+        ids = flat.deal_ids
+        won, quarter = p_won.tolist(), p_q.tolist()
+        return [
+            make(
+                {
+                    "opportunity_id": ids[i],
+                    "as_of": as_of,
+                    "p_won": won[k],
+                    "p_in_quarter": quarter[k],
+                    "reasons": why[k] if why is not None else (),
+                    "model_version": version,
+                }
+            )
+            for k, i in enumerate(frame.deal.tolist())
+        ]
+
+    def predict_frame(self, frame: FeatureFrame, ctx: FeatureContext | None = None) -> dict[str, np.ndarray]:
+        """Both probabilities for a feature frame built with this model's context."""
+        ctx = ctx or self.context
+        return predict_targets(self.targets, frame, self.encoder.transform(frame), ctx)
+
+    def _context(
+        self, closed: Iterable[DealHistory] | None, owners: Sequence[Owner] | None
+    ) -> FeatureContext:
+        ctx = self.context
+        owner_team = dict(ctx.owner_team)
+        if owners is not None:
+            owner_team.update({o.id: team_key(o) for o in owners})
+        events = ctx.win_events
+        if closed is not None:
+            rows = []
+            for h in closed:
+                deal = h.deal
+                if deal.is_closed and deal.closed_at is not None:
+                    rows.append(
+                        (day_of(deal.closed_at), deal.owner_id, owner_team.get(deal.owner_id), deal.is_won)
+                    )
+            events = WinEvents.build(rows)
+        if owners is None and closed is None:
+            return ctx
+        return FeatureContext(
+            stages=ctx.stages,
+            calendar=ctx.calendar,
+            owner_team=owner_team,
+            win_events=events,
+            stage_median_days=ctx.stage_median_days,
+            attributes=ctx.attributes,
+            disabled=ctx.disabled,
+            win_rate_prior=ctx.win_rate_prior,
+            activity_window_days=ctx.activity_window_days,
+        )
+
+    def _predict(
+        self,
+        frame: FeatureFrame,
+        X: np.ndarray,
+        ctx: FeatureContext,
+        owner_ids: list[str],
+        names: dict[str, str],
+        with_reasons: bool,
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]] | None]:
+        settings = self.reason_settings
+        explained = self.targets[settings.target]
+        p = {}
+        points = None
+        for name, tm in self.targets.items():
+            if with_reasons and tm is explained and tm.chosen == MODEL and tm.estimator is not None:
+                p[name], points = self._explain(tm, frame, X)
+            else:
+                p[name] = tm.predict(frame, X, ctx)
+        p_won = p["won"]
+        p_q = np.minimum(p["in_quarter"], p_won)
+        if not with_reasons:
+            return p_won, p_q, None
+        final = p_won if settings.target == "won" else p_q
+        return p_won, p_q, self._reasons(explained, frame, X, ctx, owner_ids, names, final, points)
+
+    # -- reasons ----------------------------------------------------------------------------------
+
+    def reason_groups(self) -> list[tuple[str, np.ndarray]]:
+        """Reason groups of the enabled features: (group, column indices)."""
+        groups: dict[str, list[int]] = {}
+        for j, spec in enumerate(self.encoder.specs):
+            if spec.group not in CONTEXT_GROUPS:
+                groups.setdefault(spec.group, []).append(j)
+        return [(g, np.array(cols, dtype=np.int64)) for g, cols in groups.items()]
+
+    def _explain(self, tm: TargetModel, frame: FeatureFrame, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and each group's points (G x n): p(deal) - p(deal with the group made typical)."""
+        est = tm.estimator
+        assert est is not None
+        named = self.reason_groups()
+        groups = [cols for _, cols in named]
+        B = est.bin(X)
+        stage = frame.stage
+        total, per_group = est.raw_by_group(B, groups)
+        p = tm.from_raw(total, stage)
+        ref_bins = est.bin(self.references)
+        R = ref_bins[np.where(stage >= 0, stage, len(self.references) - 1)]
+        usable = ~tm.insufficient(stage)
+        points = np.zeros((len(groups), len(B)))
+        for g, cols in enumerate(groups):
+            rows = np.flatnonzero(usable & (B[:, cols] != R[:, cols]).any(axis=1))
+            if not len(rows):
+                continue
+            B_typical = B[rows]
+            B_typical[:, cols] = R[rows][:, cols]
+            raw = total[rows] - per_group[g, rows] + est.group_raw(B_typical, groups, g)
+            points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows])) * 100.0
+        return p, points
+
+    def _reasons(
+        self,
+        tm: TargetModel,
+        frame: FeatureFrame,
+        X: np.ndarray,
+        ctx: FeatureContext,
+        owner_ids: list[str],
+        names: dict[str, str],
+        p: np.ndarray,
+        points: np.ndarray | None,
+    ) -> list[tuple[Reason, ...]]:
+        """The strongest reasons per deal: up to `max_reasons`, at least `min_reasons`, and beyond
+        that only those worth half a point or more."""
+        if points is None:
+            return self._baseline_reasons(tm, frame, ctx, p)
+        settings = self.reason_settings
+        named = self.reason_groups()
+        n = len(frame.day)
+        ranks = min(settings.max_reasons, len(named))
+        if ranks == 0:
+            return [()] * n
+        order = np.argsort(-np.abs(points), axis=0, kind="stable")[:ranks]
+        top = np.take_along_axis(points, order, axis=0)
+        keep = (np.abs(top) >= 0.5) | (np.arange(ranks) < settings.min_reasons)[:, None]
+        keep = np.cumprod(keep, axis=0).astype(bool)
+        insufficient = tm.insufficient(frame.stage)
+        keep[:, insufficient] = False
+        texts = _group_texts(self, named, order, keep, frame, X, ctx, owner_ids, names)
+        features = [self.encoder.specs[cols[0]].name for _, cols in named]
+        make = _shared(fast_constructor(Reason))
+        thin = self._thin_reasons(tm, frame.stage, insufficient, ctx)
+        counts = keep.sum(axis=0).tolist()
+        order_rows = order.T.tolist()
+        point_rows = np.round(top, 1).T.tolist()
+        out: list[tuple[Reason, ...]] = []
+        for k in range(n):
+            c = counts[k]
+            if not c:
+                out.append(thin.get(k, ()))
+                continue
+            pts = point_rows[k]
+            out.append(
+                tuple([make(features[g], texts[g][k], pts[r]) for r, g in enumerate(order_rows[k][:c])])
+            )
+        return out
+
+    def _thin_reasons(
+        self, tm: TargetModel, stage: np.ndarray, insufficient: np.ndarray, ctx: FeatureContext
+    ) -> dict[int, tuple[Reason, ...]]:
+        """ "Insufficient history" reasons for the rows scored with their stage's historical rate."""
+        out: dict[int, tuple[Reason, ...]] = {}
+        by_stage: dict[int, tuple[Reason, ...]] = {}
+        for k in np.flatnonzero(insufficient).tolist():
+            s = int(stage[k])
+            if s not in by_stage:
+                name = ctx.stages.names[s] if s >= 0 else "an unknown stage"
+                n = int(tm.model_deals[s]) if s >= 0 else 0
+                rate = float(tm.rates.predict(np.array([s]))[0])
+                by_stage[s] = (
+                    Reason.model_construct(
+                        feature="stage",
+                        text=(
+                            f"insufficient history in {name} ({_deals(n)}): "
+                            f"scored with its historical rate {rate:.0%}"
+                        ),
+                        points=0.0,
+                    ),
+                )
+            out[k] = by_stage[s]
+        return out
+
+    def _baseline_reasons(
+        self, tm: TargetModel, frame: FeatureFrame, ctx: FeatureContext, p: np.ndarray
+    ) -> list[tuple[Reason, ...]]:
+        """A baseline depends on the stage alone: one reason, the stage against the overall rate."""
+        stages = ctx.stages
+        overall = tm.rates.overall
+        keys = (
+            np.stack([frame.stage.astype(np.float64), np.round(p, 4)], axis=1) if len(p) else np.zeros((0, 2))
+        )
+        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        made = []
+        for s, value in uniq.tolist():
+            name = stages.names[int(s)] if s >= 0 else "an unknown stage"
+            if tm.chosen == CRM:
+                text = f"CRM probability of {name}: {value:.0%} (the model did not beat it)"
+            else:
+                text = f"deals in {name} were won {value:.0%} of the time (the model did not beat this)"
+            made.append(
+                (
+                    Reason.model_construct(
+                        feature="stage", text=text, points=round((value - overall) * 100, 1)
+                    ),
+                )
+            )
+        return [made[i] for i in np.ravel(inverse).tolist()]
+
+
+def _shared(construct: Callable[[dict[str, Any]], Reason]) -> Callable[[str, str | None, float], Reason]:
+    """Reasons are frozen, so equal ones can be one object (many deals share "close date never pushed")."""
+    made: dict[tuple[str, str | None, float], Reason] = {}
+
+    def make(feature: str, text: str | None, points: float) -> Reason:
+        key = (feature, text, points)
+        hit = made.get(key)
+        if hit is None:
+            hit = made[key] = construct({"feature": feature, "text": text, "points": points})
+        return hit
+
+    return make
+
+
+def _deals(n: int) -> str:
+    return f"{n} deal" + ("" if n == 1 else "s")
+
+
+def _group_texts(
+    model: ScoringModel,
+    named: list[tuple[str, np.ndarray]],
+    order: np.ndarray,
+    keep: np.ndarray,
+    frame: FeatureFrame,
+    X: np.ndarray,
+    ctx: FeatureContext,
+    owner_ids: list[str],
+    names: dict[str, str],
+) -> list[list[str | None]]:
+    """Per reason group, the text of each row that shows that reason (None elsewhere).
+
+    Each distinct combination of values is described once: most deals share them.
+    """
+    n = len(frame.day)
+    owners = sorted(set(owner_ids))
+    owner_index = {o: i for i, o in enumerate(owners)}
+    owner_code = np.array([owner_index[o] for o in owner_ids], dtype=np.float64)
+    out: list[list[str | None]] = []
+    for g, (group, cols) in enumerate(named):
+        rows = np.flatnonzero(((order == g) & keep).any(axis=0))
+        if not len(rows):
+            out.append([])
+            continue
+        keys = X[np.ix_(rows, cols)]
+        if group == "stage_time":
+            keys = np.column_stack([keys, frame.stage[rows]])
+        elif group in ("owner", "team"):
+            keys = np.column_stack([keys, owner_code[rows]])
+        first, inverse = _distinct_rows(keys)
+        texts = [
+            _describe_row(model, ctx, group, cols, values, owners, names) for values in keys[first].tolist()
+        ]
+        column = np.full(n, None, dtype=object)
+        column[rows] = np.array(texts, dtype=object)[inverse]
+        out.append(column.tolist())
+    return out
+
+
+def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of one row per distinct row of `keys` (NaN equals NaN), and each row's distinct index.
+
+    Columns are coded separately and combined into one integer per row (much faster than
+    `np.unique(axis=0)`, which sorts rows as records).
+    """
+    combined = np.zeros(len(keys), dtype=np.int64)
+    for j in range(keys.shape[1]):
+        col = keys[:, j]
+        missing = np.isnan(col)
+        _, codes = np.unique(np.where(missing, np.inf, col), return_inverse=True)
+        radix = int(codes.max(initial=0)) + 2
+        if len(combined) and int(combined.max()) > 2**62 // radix:  # re-code before it could overflow
+            combined = np.ravel(np.unique(combined, return_inverse=True)[1]).astype(np.int64)
+        combined = combined * radix + np.ravel(codes) + 1
+    _, first, inverse = np.unique(combined, return_index=True, return_inverse=True)
+    return first, np.ravel(inverse)
+
+
+def _describe_row(
+    model: ScoringModel,
+    ctx: FeatureContext,
+    group: str,
+    cols: np.ndarray,
+    values: list[float],
+    owners: list[str],
+    names: dict[str, str],
+) -> str:
+    specs = model.encoder.specs
+    shown: dict[str, float | str | None] = {}
+    for j, v in zip(cols.tolist(), values, strict=False):
+        spec = specs[j]
+        shown[spec.name] = model.encoder.category(spec.name, v) if spec.kind == "cat" else v
+    stage_name, owner_name, team_name = "this stage", "the owner", "the team"
+    if group == "stage_time":
+        stage = int(values[-1])
+        stage_name = ctx.stages.names[stage] if stage >= 0 else stage_name
+    elif group in ("owner", "team"):
+        owner_id = owners[int(values[-1])]
+        owner_name = names.get(owner_id, owner_name)
+        team_name = _team_label(ctx.owner_team.get(owner_id), names)
+    return describe(
+        group,
+        shown,
+        stage=stage_name,
+        owner=owner_name,
+        team=team_name,
+        activity_window=ctx.activity_window_days,
+    )
+
+
+def fast_constructor(cls: type) -> Callable[[dict[str, Any]], Any]:
+    """Build pydantic models from trusted, complete values without validation (~10x faster).
+
+    Used for the 100,000s of scores and reasons a scoring run makes, whose values this module
+    computes itself. Checked once against validation; if pydantic's internals differ, it validates.
+    """
+    cached = _CONSTRUCTORS.get(cls)
+    if cached is not None:
+        return cached
+
+    def construct(values: dict[str, Any]) -> Any:
+        obj = object.__new__(cls)
+        object.__setattr__(obj, "__dict__", values)
+        object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+        object.__setattr__(obj, "__pydantic_extra__", None)
+        object.__setattr__(obj, "__pydantic_private__", None)
+        return obj
+
+    samples = {
+        Reason: {"feature": "deal_age", "text": "deal open 3 days", "points": -1.5},
+        DealScore: {
+            "opportunity_id": "x",
+            "as_of": date(2026, 1, 5),
+            "p_won": 0.5,
+            "p_in_quarter": 0.25,
+            "reasons": (),
+            "model_version": "v",
+        },
+    }
+    sample = samples.get(cls)
+    chosen: Callable[[dict[str, Any]], Any] = lambda values: cls.model_validate(values)
+    if sample is not None:
+        fast, slow = construct(dict(sample)), cls.model_validate(dict(sample))
+        if fast == slow and fast.model_dump_json() == slow.model_dump_json() and hash(fast) == hash(slow):
+            chosen = construct
+    _CONSTRUCTORS[cls] = chosen
+    return chosen
+
+
+_CONSTRUCTORS: dict[type, Callable[[dict[str, Any]], Any]] = {}
+
+
+def _team_label(team: str | None, names: dict[str, str]) -> str:
+    if team is None:
+        return "the team"
+    kind, _, value = team.partition(":")
+    if kind == "team":
+        return f"the {value} team"
+    return f"{names.get(value, value)}'s team"
+
+
+def stage_references(X: np.ndarray, stage: np.ndarray, encoder: Encoder, n_stages: int) -> np.ndarray:
+    """Typical open deal per stage (median of numbers, most common category), plus an all-stage row."""
+    is_cat = encoder.is_categorical
+    p = X.shape[1]
+    out = np.full((n_stages + 1, p), math.nan)
+    overall = _typical(X, is_cat)
+    out[n_stages] = overall
+    for s in np.unique(stage[stage >= 0]):
+        rows = X[stage == s]
+        out[s] = _typical(rows, is_cat) if len(rows) >= 20 else overall
+    for s in range(n_stages):
+        if np.all(np.isnan(out[s])):
+            out[s] = overall
+    return out
+
+
+def _typical(X: np.ndarray, is_cat: np.ndarray) -> np.ndarray:
+    out = np.full(X.shape[1], math.nan)
+    for j in range(X.shape[1]):
+        col = X[:, j]
+        col = col[~np.isnan(col)]
+        if not len(col):
+            continue
+        if is_cat[j]:
+            values, counts = np.unique(col, return_counts=True)
+            out[j] = values[np.argmax(counts)]
+        else:
+            out[j] = float(np.median(col))
+    return out
