@@ -7,8 +7,10 @@ after argument parsing so `cockpit --version` and `--help` stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cockpit import __version__
 
@@ -80,10 +82,70 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing file")
     config_sub.add_parser("show", parents=[common], help="print the settings in effect")
 
+    _add_forecast_commands(sub, common)
     return parser
 
 
+def _add_forecast_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The win model's and the forecast engine's commands (handlers in cockpit.cli_forecast)."""
+    train = sub.add_parser("train", parents=[common], help="train the win model on the closed deals' histories")
+    train.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    score = sub.add_parser("score", parents=[common], help="score open deals with the model; show both chances and reasons")
+    score.add_argument("--quarter", help="quarter of the deals (default: current)")
+    score.add_argument("--owner", help="owner or manager (their team) by name or id")
+    score.add_argument("--limit", type=int, help="only the N largest deals")
+    score.add_argument("--json", action="store_true", help="JSON output")
+
+    def scoped(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--quarter", help="FY2027-Q1, 2026Q4, current, next, previous (default: current)")
+        parser.add_argument("--scope", help="owner or manager by name or id; 'all' for everyone (default: config)")
+
+    forecast = sub.add_parser("forecast", parents=[common], help="the quarter's roll-up and the model's range")
+    scoped(forecast)
+    forecast.add_argument("--json", action="store_true", help="JSON output")
+
+    changes = sub.add_parser("changes", parents=[common], help="what moved the quarter's pipeline (a waterfall)")
+    scoped(changes)
+    changes.add_argument("--since", metavar="DATE", help="start date (default: last submission, else 7 days ago)")
+    changes.add_argument("--deals", action="store_true", help="list the deals of every bucket")
+    changes.add_argument("--json", action="store_true", help="JSON output")
+
+    flags = sub.add_parser("flags", parents=[common], help="risk flags of open deals; --hygiene for data to fix")
+    flags.add_argument("--quarter", help="only deals closing by the end of this quarter (default: every open deal)")
+    flags.add_argument("--scope", help="owner or manager by name or id; 'all' for everyone")
+    flags.add_argument("--hygiene", action="store_true", help="only deals whose data needs fixing before the call")
+    fmt = flags.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="CSV on stdout")
+    fmt.add_argument("--json", action="store_true", help="JSON output")
+    fmt.add_argument("--out", metavar="PATH", help="write the CSV to PATH (atomically)")
+    flags.add_argument("--force", action="store_true", help="replace an existing --out file")
+
+    backtest = sub.add_parser("backtest", parents=[common], help="forecast accuracy over past quarters, week by week")
+    backtest.add_argument("--quarters", type=int, default=4, help="how many past quarters (default: 4)")
+    backtest.add_argument("--scope", help="owner or manager by name or id; 'all' for everyone")
+    backtest.add_argument("--method", choices=["model", "rates"], default="model",
+                          help="model: retrain before each quarter (default); rates: in-quarter rates (fast)")
+    backtest.add_argument("--json", action="store_true", help="JSON output")
+
+    subs = sub.add_parser("submissions", parents=[common], help="list committed forecasts")
+    subs.add_argument("--quarter", help="only this quarter")
+    subs.add_argument("--scope", help="only this scope (owner or manager; 'all' for everyone)")
+    subs.add_argument("--json", action="store_true", help="JSON output")
+
+    export = sub.add_parser("export", parents=[common], help="export a submission as TOML or CSV")
+    export.add_argument("--quarter", required=True, help="the submission's quarter")
+    export.add_argument("--format", required=True, choices=["toml", "csv"])
+    export.add_argument("--submission", type=int, metavar="ID", help="submission id (default: the scope's latest)")
+    export.add_argument("--scope", help="scope of the latest submission (default: config)")
+    export.add_argument("--out", metavar="PATH", help="file to write (default: the export dir)")
+    export.add_argument("--force", action="store_true", help="replace an existing file")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP threads (scikit-learn's boosting) spin while idle by default: on a shared server a
+    # cockpit that trained once would keep burning CPU. Passive waiting costs nothing measurable.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     from cockpit.cli import run
@@ -93,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cockpit: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:
+        # `cockpit flags | head`: the reader left; stop quietly like any Unix filter.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
     return code
 
 

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from textual import on, work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from cockpit.config import Settings
+from cockpit.messages import ScoresUpdated
 from cockpit.screens.changes import ChangesScreen
 from cockpit.screens.forecast import ForecastScreen
 from cockpit.screens.help import HelpScreen
 from cockpit.screens.history import HistoryScreen
 from cockpit.screens.pipeline import PipelineScreen
 from cockpit.screens.review import ReviewScreen
-from cockpit.screens.sync import SyncScreen
+from cockpit.screens.progress import ProgressScreen
 from cockpit.service import CockpitService
 
 
@@ -37,6 +41,8 @@ class CockpitApp(App[None]):
                 tooltip="What moved since the last submission"),
         Binding("5", "switch_mode('history')", "History", show=False, id="app-history",
                 tooltip="Past submissions and their accuracy"),
+        Binding("T", "train", "Retrain", show=False, id="app-train",
+                tooltip="Retrain the win model on every closed deal, then rescore the open ones"),
         Binding("q", "quit", "Quit", id="app-quit", tooltip="Leave the cockpit"),
         Binding("question_mark", "help", "Help", id="app-help", tooltip="Every key of this screen"),
     ]
@@ -44,6 +50,7 @@ class CockpitApp(App[None]):
     | Key | Action |
     | :- | :- |
     | `1`…`5` | Forecast, review, deals, changes, history. |
+    | `T` | Retrain the win model (in the background, with progress). |
     | `?` | Keys of this screen. `ctrl+p` finds any command. |
     | `q` | Quit. |
     """
@@ -56,6 +63,8 @@ class CockpitApp(App[None]):
         self.settings = settings
         self.store_ready = threading.Event()
         """Set once the store holds data (after the first-run sync); screen loaders wait on it."""
+        self.scores_version = 0
+        """Bumped whenever the open deals were scored again; screens reload when theirs is older."""
         self.add_mode("forecast", lambda: ForecastScreen(service))
         self.add_mode("deals", lambda: PipelineScreen(service))
         self.add_mode("review", lambda: ReviewScreen(service))
@@ -71,21 +80,68 @@ class CockpitApp(App[None]):
 
     @work(thread=True, exclusive=True, group="first-run", exit_on_error=False)
     def prepare_store(self) -> None:
-        """On an empty store, sync the configured connector (the demo by default) with progress."""
+        """On an empty store, sync the configured connector (the demo by default) with progress, then
+        train the win model; the screens show the deals as soon as the sync is done."""
         try:
             if not self.service.store_is_empty():
                 return
             connector = self.service.make_connector()
-            dialog = SyncScreen(connector.name)
+            dialog = ProgressScreen(f"First run: loading deals from the {connector.name} connector")
             self.call_from_thread(self.push_screen, dialog)
 
             def report(p) -> None:  # noqa: ANN001 - SyncProgress
                 self.call_from_thread(dialog.progress, p.records, p.total, p.message)
 
             asyncio.run(self.service.sync(connector, progress=report))
-            self.call_from_thread(dialog.dismiss)
         finally:
             self.store_ready.set()
+        self.call_from_thread(dialog.retitle, "First run: training the win model on the closed deals")
+        self._run_model(self.service.refresh_model, dialog)
+
+    def action_train(self) -> None:
+        dialog = ProgressScreen("Retraining the win model on every closed deal")
+        self.push_screen(dialog)
+        self.train_model(dialog)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def train_model(self, dialog: ProgressScreen) -> None:
+        self.store_ready.wait()
+        self._run_model(self.service.train, dialog)
+
+    def _run_model(self, job, dialog: ProgressScreen) -> None:  # noqa: ANN001 - service.train or refresh_model
+        """Run a training/scoring job from a worker thread; progress to the dialog, scores to the screens."""
+        def report(message: str, fraction: float) -> None:
+            self.call_from_thread(dialog.progress, round(fraction * 100), 100, message)
+
+        try:
+            run = job(progress=report)
+        finally:
+            self.call_from_thread(dialog.action_dismiss)
+        how = run.report.why if run.report is not None else f"model {run.version}"
+        self.call_from_thread(self.notify, f"{how}", title=f"Scored {run.scored:,} open deals", timeout=8)
+        self.call_from_thread(self.scores_updated, run.version)
+
+    def scores_updated(self, version: str) -> None:
+        """New scores in the store: the screen on show reloads now, the others when next shown."""
+        self.scores_version += 1
+        self.screen.post_message(ScoresUpdated(version))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The palette offers every binding of the screen (and the app), named "<screen>: <what>"."""
+        yield from super().get_system_commands(screen)
+        seen = set()
+        for active in screen.active_bindings.values():
+            binding, node = active.binding, active.node
+            if not active.enabled or (id(node), binding.action) in seen or not binding.description:
+                continue
+            seen.add((id(node), binding.action))
+            place = "Cockpit" if node is self else type(screen).__name__.removesuffix("Screen")
+            key = binding.key_display or self.get_key_display(binding)
+            yield SystemCommand(
+                f"{place}: {binding.description}",
+                f"{binding.tooltip or binding.description} ({key})",
+                partial(node.run_action, binding.action),
+            )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The key for the section on screen is disabled (the footer greys it)."""

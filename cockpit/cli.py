@@ -37,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         _setup_logging(args, settings)
         command = args.command or "tui"
-        handler = COMMANDS[command]
+        handler = COMMANDS.get(command)
+        if handler is None:
+            from cockpit.cli_forecast import COMMANDS as MORE
+
+            handler = MORE[command]
         return handler(args, settings)
     except ConfigError as exc:
         return fail(exc.title, exc.message, EXIT_USAGE)
@@ -92,17 +96,37 @@ def _parse_date(text: str, option: str) -> date:
 # -- progress ---------------------------------------------------------------------------------
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr with counts and rate; plain lines when stderr is not a tty."""
+class StatusLine:
+    """One line of progress on stderr, redrawn in place on a terminal; plain lines when piped."""
 
-    def __init__(self, label: str, *, quiet: bool = False, stream: TextIO | None = None) -> None:
-        self.label = label
+    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
+        self.drawn = False
+
+    def show(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+            self.drawn = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class ProgressBar(StatusLine):
+    """A sync's progress bar with counts and rate."""
+
+    def __init__(self, label: str, *, quiet: bool = False, stream: TextIO | None = None) -> None:
+        super().__init__(quiet=quiet, stream=stream)
+        self.label = label
         self.started = time.perf_counter()
         self.last = 0.0
-        self.drawn = False
 
     def __call__(self, progress: Any) -> None:
         if self.quiet:
@@ -121,17 +145,20 @@ class ProgressBar:
             text = f"{self.label} {progress.records:,} records ({rate:,.0f}/s)"
         if progress.message:
             text += f" {progress.message}"
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + text)
-            self.drawn = True
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+        self.show(text)
 
-    def close(self) -> None:
-        if self.drawn and not self.quiet:
-            self.stream.write("\n")
-            self.stream.flush()
+
+class StepProgress(StatusLine):
+    """Progress of a long computation (training, backtest): `message [####----] 40%`."""
+
+    message = ""
+
+    def __call__(self, message: str, fraction: float) -> None:
+        if self.quiet or (not self.tty and message == self.message):
+            return
+        self.message = message
+        filled = int(max(0.0, min(1.0, fraction)) * 20)
+        self.show(f"{message} [{'#' * filled}{'-' * (20 - filled)}] {fraction:4.0%}")
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -176,9 +203,27 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
             f"from {summary.connector} in {summary.seconds:.1f}s"
             + (f" (resumed from {summary.resumed_from})" if summary.resumed_from else "")
         )
-    post = getattr(service, "after_sync", None)
-    if post is not None:
-        post(progress=ProgressBar("scoring", quiet=args.quiet))
+    return _refresh_model(service, quiet=args.quiet or args.json)
+
+
+def _refresh_model(service: Any, *, quiet: bool) -> int:
+    """After a sync: score the open deals, retraining the model first when the closed deals changed.
+
+    Too little history for a model is a warning, not a failed sync: the deals are in the store.
+    """
+    from cockpit.scoring import ScoringError
+
+    bar = StepProgress(quiet=quiet)
+    try:
+        run = service.refresh_model(progress=bar)
+    except ScoringError as exc:
+        bar.close()
+        print(f"cockpit: warning: no win-model scores: {exc.title}: {exc.message}", file=sys.stderr)
+        return EXIT_OK
+    bar.close()
+    if not quiet:
+        how = f"retrained the win model ({run.report.why})" if run.retrained else f"win model {run.version}"
+        print(f"scored {run.scored:,} open deals: {how}")
     return EXIT_OK
 
 

@@ -8,9 +8,8 @@ from textual.message import Message
 
 
 @dataclass
-class SyncProgressed(Message):
-    """A sync made progress (posted from a thread worker)."""
+class ScoresUpdated(Message):
+    """The win model scored the open deals again (after a sync or a retrain)."""
 
-    records: int
-    total: int | None
-    message: str = ""
+    version: str
+    """The model version that made the scores."""

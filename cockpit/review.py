@@ -203,6 +203,11 @@ class ReviewWalk:
         line = self.lines.get(deal_id)
         return bool(line and line.reviewed)
 
+    def update_scores(self, scores: dict[str, DealScore]) -> None:
+        """New model scores for the walk's deals (the calls made so far stay)."""
+        for deal_id, deal in self.deals.items():
+            deal.score = scores.get(deal_id)
+
     def line(self, deal_id: str) -> SubmissionLine | None:
         return self.lines.get(deal_id)
 

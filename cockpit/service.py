@@ -54,6 +54,40 @@ class SyncSummary:
 
 
 @dataclass(frozen=True)
+class ModelRun:
+    """What training or scoring did."""
+
+    version: str
+    report: Any
+    """The TrainReport when the model was (re)trained, else None."""
+    scored: int
+    seconds: float
+    retrained: bool
+
+
+@dataclass(frozen=True)
+class BacktestRun:
+    """A stored backtest: the report and how each quarter's probabilities were made."""
+
+    report: Any
+    method: dict[str, str]
+    scope: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """The win model in use, as recorded in the store."""
+
+    version: str | None
+    chosen: str | None
+    """"model", or the baseline used instead when the model did not beat it."""
+    why: str | None
+    scored: int
+    trained_at: str | None = None
+
+
+@dataclass(frozen=True)
 class DealFilter:
     """Which deals a listing shows."""
 
@@ -385,6 +419,17 @@ class CockpitService:
         roots = tree.roots
         return roots[0] if len(roots) == 1 else ALL_SCOPE
 
+    def resolve_scope(self, text: str | None) -> str:
+        """A scope from the command line: an owner or manager by name or id, "all" for everyone;
+        None gives the default scope. Raises KeyError naming the unknown owner."""
+        from cockpit.models.submission import ALL_SCOPE
+
+        if text is not None and text.strip().casefold() in ("all", "everyone", ALL_SCOPE):
+            return ALL_SCOPE
+        with self.store(create=False) as store:
+            tree = OrgTree(store.owners())
+        return tree.find(text).id if text else self.default_scope(tree)
+
     @staticmethod
     def scope_members(tree: OrgTree, scope: str) -> list[str] | None:
         from cockpit.models.submission import ALL_SCOPE
@@ -470,8 +515,6 @@ class CockpitService:
                 changed=describe_changes(before.get(deal.id), snap, stages, config),
                 timeline=stage_timeline(history, stages) if history else (),
             )
-        from cockpit.models.submission import ALL_SCOPE  # noqa: F401 - scope labels
-
         return ReviewWalk.resume(
             draft, quarter=quarter.label, scope=scope, author=author, currency=config.reporting_currency,
             pipelines=pipelines, deals=deals,
@@ -660,6 +703,105 @@ class CockpitService:
         return HistoryView(scope=scope, scope_name=tree.owners[scope].name if scope in tree.owners else "Everyone",
                            rows=rows, backtest=backtest)
 
+    # -- flags and backtest --------------------------------------------------------------------
+
+    def flags(self, quarter: Quarter | None = None, scope: str | None = None) -> list[Any]:
+        """Risk and hygiene flags of today's open deals in scope; with a quarter, only deals closing
+        by its end (past-due and undated ones included: they need fixing before the call)."""
+        from cockpit.forecast.flags import flag_deals
+
+        as_of = self.today()
+        with self.store(create=False) as store:
+            tree = OrgTree(store.owners())
+            scope = scope or self.default_scope(tree)
+            members = self.scope_members(tree, scope)
+            snaps = store.snapshot(as_of, owner_ids=members)
+            stages = store.stages()
+            histories = {h.deal.id: h for h in store.histories(closed=False)}
+            medians = self.stage_medians(store, as_of)
+        flagged = flag_deals(snaps, as_of, stages=stages, config=self.forecast_config, medians=medians,
+                             histories=histories)
+        if quarter is not None:
+            flagged = [f for f in flagged if f.close_date is None or f.close_date < quarter.end]
+        return flagged
+
+    def backtest(
+        self,
+        quarters: int = 4,
+        scope: str | None = None,
+        *,
+        method: str = "model",
+        progress: Callable[[str, float], None] | None = None,
+    ) -> BacktestRun:
+        """Replay the last `quarters` closed quarters week by week and store the report.
+
+        method "model": the win model retrained on what was known before each quarter began (a
+        quarter with too little earlier history uses the in-quarter rates instead, and says so);
+        "rates": the in-quarter rates learned from earlier quarters (fast).
+        """
+        from cockpit.forecast.backtest import backtest, past_quarters
+        from cockpit.forecast.baseline import InQuarterRates
+        from cockpit.forecast.deals import stage_index
+        from cockpit.store.submissions import list_submissions
+
+        if method not in ("model", "rates"):
+            raise ValueError(f"unknown backtest method {method!r}; use model or rates")
+        say = progress or (lambda message, fraction: None)
+        started = time.perf_counter()
+        today = self.today()
+        config = self.quota_config
+        with self.store(create=False) as store:
+            histories = list(store.histories())
+            pipelines, owners = store.pipelines(), store.owners()
+            tree = OrgTree(owners)
+            scope = scope or self.default_scope(tree)
+            submissions = list_submissions(store.conn, scope=scope)
+        members = self.scope_members(tree, scope)
+        wanted = past_quarters(self.calendar, today, quarters)
+        stages = stage_index(pipelines)
+        rates = InQuarterRates(histories, stages, self.calendar, fx=config.fx(today))
+        by_id = {h.deal.id: h for h in histories}
+        used: dict[str, str] = {}
+        models: dict[str, Any] = {}
+
+        def model_for(quarter: Quarter) -> Any:
+            from cockpit.scoring import TrainingError, train
+
+            if quarter.label not in models:
+                done = len(models) / len(wanted)
+                say(f"Training the model as of {quarter.start - timedelta(days=1)} for {quarter.label}", done)
+                try:
+                    models[quarter.label] = train(
+                        histories, pipelines, owners, self.calendar, self.scoring_config,
+                        as_of=quarter.start - timedelta(days=1),
+                    ).model
+                    used[quarter.label] = "model"
+                except TrainingError as exc:
+                    log.info("backtest %s: %s", quarter.label, exc)
+                    models[quarter.label] = None
+                    used[quarter.label] = "rates (too little history for the model)"
+            return models[quarter.label]
+
+        def probabilities_at(on: date, snaps: Any) -> dict[str, float]:
+            quarter = self.calendar.quarter_of(on)
+            model = model_for(quarter) if method == "model" else None
+            if model is None:
+                used.setdefault(quarter.label, "rates")
+                return rates(on, snaps)
+            scores = model.score([by_id[s.deal.id] for s in snaps if not s.deal.is_closed], on, reasons=False)
+            return {sc.opportunity_id: sc.p_in_quarter for sc in scores}
+
+        report = backtest(
+            histories, pipelines, self.calendar, config, probabilities_at=probabilities_at, quarters=wanted,
+            owner_ids=members, submissions=submissions, scope=scope, tree=tree,
+        )
+        say("Done", 1.0)
+        record = report.to_dict()
+        record["method"] = {q.label: used.get(q.label, method) for q in wanted}
+        with self.store() as store:
+            store.record_backtest(scope, record)
+        return BacktestRun(report, record["method"], scope, time.perf_counter() - started)
+
     # -- one deal's story ----------------------------------------------------------------------
 
     @property
@@ -699,6 +841,7 @@ class CockpitService:
         for day in history.activities:
             events.append((day, "activity logged"))
         events.sort(key=lambda e: e[0])
+        events = _fold_activities(events)
         weekly = self._weekly_probabilities(history, stages)
         return DealStory(
             deal=deal,
@@ -732,6 +875,106 @@ class CockpitService:
                 p = scored[0].p_won if scored else None
             out.append((day, crm, p))
         return out
+
+    # -- the win model -------------------------------------------------------------------------
+
+    @cached_property
+    def scoring_config(self) -> Any:
+        """The [scoring] table: features switched off and thresholds (a bad value is a ConfigError)."""
+        from cockpit.scoring import ScoringConfig
+
+        try:
+            return ScoringConfig.from_mapping(self.settings.scoring)
+        except ValueError as exc:
+            raise ConfigError("Config has errors", str(exc)) from None
+
+    def train(self, progress: Callable[[str, float], None] | None = None) -> ModelRun:
+        """Train the win model on every closed deal's history, save it, record the run, score open deals.
+
+        Raises TrainingError when there is too little history (the old model and scores stay).
+        """
+        from cockpit.scoring import save_model, train
+
+        say = progress or (lambda message, fraction: None)
+        started = time.perf_counter()
+        config = self.scoring_config
+        with self.store(create=False) as store:
+            histories = list(store.histories())
+            pipelines, owners = store.pipelines(), store.owners()
+        result = train(
+            histories, pipelines, owners, self.calendar, config,
+            progress=lambda message, fraction: fraction < 1 and say(message, 0.85 * fraction), as_of=self.today(),
+        )
+        save_model(result.model, self.model_path)
+        self.__dict__["_model"] = result.model
+        report = result.report
+        with self.store() as store:
+            store.record_model_run(result.model.version, report.chosen, report.to_dict())
+        say("Scoring open deals", 0.9)
+        scored = self._score_open(result.model, histories, owners)
+        say("Done", 1.0)
+        log.info("trained %s on %d closed deals; scored %d open deals", result.model.version, report.closed_deals, scored)
+        return ModelRun(result.model.version, report, scored, time.perf_counter() - started, retrained=True)
+
+    def score(self) -> ModelRun:
+        """Score the open deals with the saved model; raises ModelFileError when there is none."""
+        started = time.perf_counter()
+        model = self.load_model()
+        with self.store(create=False) as store:
+            histories = list(store.histories())
+            owners = store.owners()
+        scored = self._score_open(model, histories, owners)
+        return ModelRun(model.version, None, scored, time.perf_counter() - started, retrained=False)
+
+    def refresh_model(self, progress: Callable[[str, float], None] | None = None) -> ModelRun:
+        """After a sync: score with the saved model, or retrain when there is none or it learned other data.
+
+        A model whose fingerprint (the closed deals it learned from) no longer matches the store is
+        refused and retrained: new outcomes are what the model learns from.
+        """
+        from cockpit.scoring import ModelFileError, data_fingerprint, load_model
+
+        say = progress or (lambda message, fraction: None)
+        started = time.perf_counter()
+        with self.store(create=False) as store:
+            histories = list(store.histories())
+            owners = store.owners()
+        try:
+            model = load_model(self.model_path, expected_fingerprint=data_fingerprint(histories))
+        except ModelFileError as exc:
+            log.info("retraining: %s", exc)
+            say(f"{exc.title}: retraining", 0.0)
+            return self.train(progress)
+        self.__dict__["_model"] = model
+        say("Scoring open deals", 0.5)
+        scored = self._score_open(model, histories, owners)
+        say("Done", 1.0)
+        return ModelRun(model.version, None, scored, time.perf_counter() - started, retrained=False)
+
+    def _score_open(self, model: Any, histories: list[Any], owners: list[Any]) -> int:
+        """Score today's open deals (past win rates refreshed from the deals closed so far) and store them."""
+        open_ = [h for h in histories if not h.deal.is_closed]
+        closed = [h for h in histories if h.deal.is_closed]
+        scores = model.score(open_, self.today(), closed=closed, owners=owners)
+        with self.store() as store:
+            return store.write_scores(scores)
+
+    def scores(self, ids: list[str] | None = None) -> dict[str, DealScore]:
+        """Stored scores (all, or of these deals)."""
+        with self.store(create=False) as store:
+            return store.scores(ids)
+
+    def model_status(self) -> ModelStatus:
+        """What the cockpit knows about its win model, for the screens (no scikit-learn import)."""
+        with self.store(create=False) as store:
+            run = store.latest_model_run()
+            scored = store.score_count()
+        if run is None:
+            return ModelStatus(None, None, None, scored)
+        report = run["report"]
+        won = report.get("targets", {}).get("won", {})
+        return ModelStatus(run["version"], run["chosen"], won.get("why") or report.get("why"), scored,
+                           trained_at=run["created_at"])
 
     def load_model(self, *, quiet: bool = False) -> Any:
         """The trained win model in the data dir (cached), or None when there is none and `quiet`."""
@@ -808,6 +1051,28 @@ def stage_timeline(history: Any, stages: dict[str, Any]) -> tuple[tuple[date, st
             out.append((change.changed_at.date(), stages[change.stage_id].name if change.stage_id in stages else change.stage_id))
             last = change.stage_id
     return tuple(out)
+
+
+def _fold_activities(events: list[tuple[date, str]]) -> list[tuple[date, str]]:
+    """Runs of activity dates between two real changes become one line ("4 activities, to 2026-10-12")."""
+    out: list[tuple[date, str]] = []
+    run: list[date] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            out.append((run[0], "activity logged"))
+        elif run:
+            out.append((run[0], f"{len(run)} activities logged, the last on {run[-1]}"))
+        run.clear()
+
+    for day, text in events:
+        if text == "activity logged":
+            run.append(day)
+            continue
+        flush()
+        out.append((day, text))
+    flush()
+    return out
 
 
 def _all_scope() -> str:

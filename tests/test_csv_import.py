@@ -20,10 +20,10 @@ from cockpit.models import ForecastCategory, Opportunity, OrgTree, StageChange, 
 from connectors import ConnectorError
 from connectors._csvmap import BadValue, Formats, Parsers
 from connectors.csv import CsvConnector, CsvImport, CsvImportError, RowError
+from tests.shared_data import MAVEN
 
 FIXTURES = Path(__file__).parent / "fixtures" / "csv"
 REPO = Path(__file__).parents[1]
-MAVEN = Path(__file__).parents[2] / "shared" / "data" / "maven-crm"
 MAVEN_MAPPING = REPO / "examples" / "maven-crm.toml"
 
 

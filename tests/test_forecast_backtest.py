@@ -26,12 +26,12 @@ from cockpit.models import (
 )
 from cockpit.models.submission import CategoryAmounts, Submission
 from tests.factories import PIPELINE
+from tests.shared_data import MAVEN
 
 UTC = UTC
 CAL = FiscalCalendar()
 STAGES = stage_index([PIPELINE])
 CONFIG = ForecastConfig(reporting_currency="CNY", run_rate_quarters=1)
-MAVEN = Path("/work/shared/data/maven-crm")
 MAVEN_MAPPING = Path(__file__).resolve().parent.parent / "examples" / "maven-crm.toml"
 
 

@@ -23,8 +23,8 @@ from cockpit.scoring import ScoringConfig, train
 from cockpit.scoring.baselines import CRM, STAGE_RATE
 from cockpit.scoring.metrics import roc_auc
 from cockpit.scoring.model import MODEL
+from tests.shared_data import MAVEN
 
-MAVEN = Path(__file__).resolve().parents[2] / "shared" / "data" / "maven-crm"
 MAPPING = Path(__file__).resolve().parents[1] / "examples" / "maven-crm.toml"
 DEMO_AS_OF = date(2026, 3, 31)
 

@@ -318,21 +318,23 @@ class _Moves:
     def add(self, a: ForecastDeal | None, b: ForecastDeal | None, stages: Mapping[str, Stage]) -> None:
         """File one deal seen as `a` at the start and `b` at the end (either may be None)."""
         if a is not None and a.in_quarter:
-            _from_pipeline(a, b, self.buckets)
+            _from_pipeline(a, b, self.buckets, stages)
             if b is not None and b.in_quarter and a.category != b.category:
                 d = b.deal
                 self.category_moves.append(
                     CategoryMove(d.id, d.name, d.owner_id, a.category, b.category, b.value)
                 )
         elif b is not None and (b.in_quarter or (b.won and not (a is not None and a.deal.is_won))):
-            _into_pipeline(a, b, self.buckets)
+            _into_pipeline(a, b, self.buckets, stages)
         if a is not None and b is not None and (a.in_quarter or b.in_quarter):
             move = _stage_move(a, b, stages)
             if move is not None:
                 (self.forward if move.forward else self.backward).append(move)
 
 
-def _from_pipeline(a: ForecastDeal, b: ForecastDeal | None, buckets: dict[Bucket, BucketTotal]) -> None:
+def _from_pipeline(
+    a: ForecastDeal, b: ForecastDeal | None, buckets: dict[Bucket, BucketTotal], stages: Mapping[str, Stage]
+) -> None:
     """A deal in the pipeline at the start: where did it go?"""
     d = a.deal
     if b is None:
@@ -351,18 +353,20 @@ def _from_pipeline(a: ForecastDeal, b: ForecastDeal | None, buckets: dict[Bucket
         return
     if b.deal.is_closed:
         buckets[Bucket.LOST].add(
-            Movement(d.id, d.name, d.owner_id, -a.value, f"lost in stage {b.deal.stage_id}")
+            Movement(d.id, d.name, d.owner_id, -a.value, f"lost from {_stage_name(a.deal.stage_id, stages)}")
         )
         return
     detail = f"close date {d.close_date} → {b.deal.close_date or 'none'}"
     buckets[Bucket.PUSHED_OUT].add(Movement(d.id, d.name, d.owner_id, -a.value, detail))
 
 
-def _into_pipeline(a: ForecastDeal | None, b: ForecastDeal, buckets: dict[Bucket, BucketTotal]) -> None:
+def _into_pipeline(
+    a: ForecastDeal | None, b: ForecastDeal, buckets: dict[Bucket, BucketTotal], stages: Mapping[str, Stage]
+) -> None:
     """A deal not in the pipeline at the start that is in it at the end, or won in the quarter by then."""
     d = b.deal
     if a is None:
-        buckets[Bucket.NEW].add(Movement(d.id, d.name, d.owner_id, b.value, f"created, stage {d.stage_id}"))
+        buckets[Bucket.NEW].add(Movement(d.id, d.name, d.owner_id, b.value, f"created, now in {_stage_name(d.stage_id, stages)}"))
     elif a.deal.is_closed:
         buckets[Bucket.OTHER_IN].add(Movement(d.id, d.name, d.owner_id, b.value, "reopened"))
     else:
@@ -370,6 +374,11 @@ def _into_pipeline(a: ForecastDeal | None, b: ForecastDeal, buckets: dict[Bucket
         buckets[Bucket.PULLED_IN].add(Movement(d.id, d.name, d.owner_id, b.value, detail))
     if not b.in_quarter:
         buckets[Bucket.WON].add(Movement(d.id, d.name, d.owner_id, -b.value, _booked(d)))
+
+
+def _stage_name(stage_id: str, stages: Mapping[str, Stage]) -> str:
+    stage = stages.get(stage_id)
+    return stage.name if stage is not None else stage_id
 
 
 def _booked(deal: Opportunity) -> str:

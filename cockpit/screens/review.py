@@ -117,6 +117,23 @@ class ReviewScreen(CockpitScreen):
         self.query_one(DealTable).loading = False
         self.render_stage()
 
+    def scores_changed(self) -> None:
+        if self.walk is not None:
+            self.read_scores(list(self.walk.deals))
+
+    @work(thread=True, exclusive=True, group="review-scores", exit_on_error=False)
+    def read_scores(self, ids: list[str]) -> None:
+        scores = self.service.scores(ids)
+        self.app.call_from_thread(self.show_scores, scores)
+
+    def show_scores(self, scores: dict) -> None:  # type: ignore[type-arg]
+        if self.walk is None:
+            return
+        self.walk.update_scores(scores)
+        self.query_one(DealTable).refresh()
+        self.render_card()
+        self.render_header()
+
     @work(thread=True, exclusive=True, group="review-draft", exit_on_error=False)
     def save_draft(self, draft: Draft) -> None:
         """Write the draft; the newest call wins (an older pending save is dropped)."""
