@@ -164,7 +164,7 @@ class CockpitApp(App[None]):
         title = getattr(error, "title", None) or "Something went wrong"
         message = getattr(error, "message", None) or str(error)
         self.log.error(f"worker {worker.name} failed: {error!r}")
-        self.notify(message, title=title, severity="error", timeout=10)
+        self.notify(message, title=title, severity="error", timeout=10, markup=False)
         for screen in self.screen_stack:
             for widget in screen.query(".-loads"):
                 widget.loading = False

@@ -230,16 +230,38 @@ class CockpitService:
                     for cur, rate in sorted(demo_fx_rates().items()) if cur != DEMO_REPORTING_CURRENCY
                 ]
                 if with_quotas and not raw.get("quotas"):
-                    raw["quotas"] = [
-                        {"owner_id": owner, "quarter": quarter, "amount": str(amount)}
-                        for (owner, quarter), amount in sorted(
-                            demo_quotas(self.today(), seed=self.settings.demo.seed, size=self.settings.demo.size).items()
-                        )
-                    ]
+                    raw["quotas"] = self._demo_quotas(demo_quotas)
         try:
             return ForecastConfig.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError("Config has errors", f"[forecast]: {describe_validation(exc)}") from None
+
+    def _demo_quotas(self, compute: Callable[..., dict[tuple[str, str], Decimal]]) -> list[dict[str, str]]:
+        """The demo org's quotas, cached in the data dir: computing them replays the simulation (~1.3 s
+        for the default demo), which would otherwise delay every first paint of the Forecast screen."""
+        import json
+
+        demo = self.settings.demo
+        key = f"{demo.seed}:{demo.size}:{self.today().isoformat()}"
+        cache = self.data_dir / "demo-quotas.json"
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("key") == key:
+                return list(stored["quotas"])
+        except (OSError, ValueError, KeyError, AttributeError):
+            pass
+        quotas = [
+            {"owner_id": owner, "quarter": quarter, "amount": str(amount)}
+            for (owner, quarter), amount in sorted(compute(self.today(), seed=demo.seed, size=demo.size).items())
+        ]
+        from cockpit.export import ExportError, write_atomic
+
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache, json.dumps({"key": key, "quotas": quotas}).encode(), force=True)
+        except (OSError, ExportError) as exc:  # a read-only data dir: compute again next time
+            log.info("demo quotas not cached: %s", exc)
+        return quotas
 
     @cached_property
     def forecast_config(self) -> ForecastConfig:

@@ -14,6 +14,7 @@ from datetime import date
 
 import pytest
 from textual.widgets import Input
+from textual.worker import WorkerFailed
 
 from cockpit.app import build_app
 from cockpit.config import Settings
@@ -40,7 +41,10 @@ def app(demo_store, tmp_path):
 
 
 async def settle(pilot) -> None:
-    await pilot.app.workers.wait_for_complete()
+    try:
+        await pilot.app.workers.wait_for_complete()
+    except WorkerFailed:
+        pass  # the app reports it; the error snapshot shows how
     await pilot.pause()
     for inp in pilot.app.screen.query(Input):
         inp.cursor_blink = False
@@ -96,4 +100,15 @@ def no_color(monkeypatch):
 
 
 def test_forecast_without_colour(no_color, snap_compare, app):
+    assert snap_compare(app, terminal_size=SMALL, run_before=go())
+
+
+def test_error_keeps_the_screen_and_says_what_to_do(snap_compare, app):
+    """A failed load leaves the screen as it was, with one titled notification saying what to do."""
+    from cockpit.forecast.config import FxError
+
+    def broken(*args, **kwargs):
+        raise FxError("no exchange rate for CNY on 2026-11-20; add one to [forecast] fx_rates")
+
+    app.service.forecast_view = broken
     assert snap_compare(app, terminal_size=SMALL, run_before=go())

@@ -43,6 +43,8 @@ Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 class FxError(ValueError):
     """An amount cannot be converted: no rate for that currency on that day."""
 
+    title = "Missing exchange rate"
+
 
 class FxRate(BaseModel):
     """One dated rate: from `valid_from` on, 1 unit of `currency` is worth `rate` reporting-currency units."""

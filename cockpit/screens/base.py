@@ -20,6 +20,10 @@ class CockpitScreen(Screen[None]):
     def forward_worker_failure(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
             self.app.report_worker_error(event.worker)  # type: ignore[attr-defined]
+            self.load_failed(getattr(event.worker.error, "title", None) or "something went wrong")
+
+    def load_failed(self, title: str) -> None:
+        """A worker of this screen failed (the app has notified); screens replace a "Loading…" line here."""
 
     @on(ScoresUpdated)
     def reload_scores(self) -> None:

@@ -215,5 +215,10 @@ class ForecastScreen(CockpitScreen):
         self.query_one("#forecast-summary", Static).update(f"Loading {self.quarter.label}…")
         self.load_view()
 
+    def load_failed(self, title: str) -> None:
+        if self.view is None:
+            self.query_one("#forecast-summary", Static).update(
+                f"Could not load the forecast: {title}. Fix it and press r to try again.")
+
     def action_refresh(self) -> None:
         self.load_view()
