@@ -59,7 +59,7 @@ AS_OF = "2026-11-23"
 SIZE = (120, 40)  # columns, lines
 DOWN, PAGEDOWN = b"\x1b[B", b"\x1b[6~"
 QUIET = 0.030  # output is settled after this long without a byte
-VIEW_ROWS = SIZE[1] - 4  # table rows in view: 40 lines less the two-line header, the column header, the footer
+VIEW_ROWS = SIZE[1] - 4  # table rows in view: less the two-line header, the column header, the footer
 
 FORECAST_MARKER = f"as of {AS_OF}".encode()  # the Forecast summary line, once the view is loaded
 DEALS_MARKER = re.compile(rb"open pipeline \xc2\xb7 (\d+) deals")  # "#pipeline-header" once loaded
@@ -103,14 +103,16 @@ TABLE = textwrap.dedent(
 
     N = int(sys.argv[1])
     rng = random.Random(7)
-    OWNERS = ["James Miller", "Michael Brooks", "Chloe Turner", "Kevin Brooks", "杨建华", "谢超", "黄国栋"]
+    OWNERS = ["James Miller", "Michael Brooks", "Chloe Turner", "Kevin Brooks", "杨建华", "谢超"]
     ACCOUNTS = ["Lakeside Retail Corp.", "Harbor Retail Group", "Cobalt Manufacturing Corp.",
-                "Westgate Logistics Inc.", "北京远航制造股份有限公司", "天津天合商贸集团", "Falcon Energy Holdings"]
+                "Westgate Logistics Inc.", "北京远航制造股份有限公司", "天津天合商贸集团",
+                "Falcon Energy Holdings"]
     STAGES = ["Qualify", "Proposal", "Negotiation", "Solution design", "Renewal due"]
     CATEGORIES = ["Pipeline", "Best case", "Commit"]
     ROWS = [
-        (rng.choice(OWNERS), rng.choice(ACCOUNTS), rng.choice(STAGES), f"USD {rng.randrange(5, 900) * 500:,}",
-         f"Dec {rng.randint(1, 31):02d}", rng.choice(CATEGORIES), str(rng.randint(0, 200)))
+        (rng.choice(OWNERS), rng.choice(ACCOUNTS), rng.choice(STAGES),
+         f"USD {rng.randrange(5, 900) * 500:,}", f"Dec {rng.randint(1, 31):02d}", rng.choice(CATEGORIES),
+         str(rng.randint(0, 200)))
         for _ in range(N)
     ]
 
@@ -128,7 +130,8 @@ TABLE = textwrap.dedent(
             table.focus()
 
     class Base(App):
-        CSS = "#head { height: auto; max-height: 3; padding: 0 1; background: $boost; } #table { height: 1fr; }"
+        CSS = ("#head { height: auto; max-height: 3; padding: 0 1; background: $boost; } "
+               "#table { height: 1fr; }")
         BINDINGS = [("3", "table", "Table"), ("q", "quit", "Quit")]
 
         def compose(self):
@@ -147,7 +150,7 @@ class Pty:
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], size: tuple[int, int] = SIZE) -> None:
         winsize = struct.pack("HHHH", size[1], size[0], 0, 0)
-        dropped = ("NO_COLOR", "COLUMNS", "LINES", "COLORTERM", "FORCE_COLOR", "TEXTUAL")  # as over plain SSH
+        dropped = ("NO_COLOR", "COLUMNS", "LINES", "COLORTERM", "FORCE_COLOR")  # as over plain SSH
         child_env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("TEXTUAL_")}
         child_env.update(env, TERM="xterm-256color")
         self.start = time.perf_counter()
@@ -181,15 +184,19 @@ class Pty:
         self.last_byte = time.perf_counter()
         return chunk
 
-    def wait_for(self, marker: bytes | re.Pattern[bytes], since: float, timeout: float = 120.0) -> tuple[float, bytes]:
-        """Read until `marker` appears in what was read from now on; seconds from `since`, and the bytes."""
-        buf = b""
+    def wait_for(self, marker: bytes | re.Pattern[bytes], since: float, *, offset: int | None = None,
+                 timeout: float = 120.0) -> tuple[float, bytes]:
+        """Read until `marker` appears in the output from `offset` (default: from now on); the seconds
+        from `since` to the byte that completed it, and the output from `offset`."""
+        offset = len(self.seen) if offset is None else offset
         deadline = time.perf_counter() + timeout
-        while time.perf_counter() < deadline:
-            buf += self._read(0.05)
-            found = marker.search(buf) if isinstance(marker, re.Pattern) else marker in buf
-            if found:
+        while True:
+            buf = self.seen[offset:]
+            if marker.search(buf) if isinstance(marker, re.Pattern) else marker in buf:
                 return self.last_byte - since, buf
+            if time.perf_counter() > deadline:
+                break
+            self._read(0.05)
         raise TimeoutError(f"{marker!r} did not appear within {timeout}s; screen tail: {self.seen[-600:]!r}")
 
     def settle(self, quiet: float = QUIET, timeout: float = 10.0, first: float = 0.0) -> bytes:
@@ -257,14 +264,15 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def first_paint(argv: list[str], env: dict[str, str], markers: Sequence[bytes], runs: int) -> list[float]:
+def first_paint(argv: list[str], env: dict[str, str], markers: Sequence[bytes | re.Pattern[bytes]],
+                runs: int) -> list[float]:
     """Median seconds from the start of the process to each of `markers` (in order) on screen."""
     times: list[list[float]] = [[] for _ in markers]
     for _ in range(runs):
         term = Pty(argv, env)
         try:
             for n, marker in enumerate(markers):
-                seconds, _ = term.wait_for(marker, term.start)
+                seconds, _ = term.wait_for(marker, term.start, offset=0)
                 times[n].append(seconds)
         finally:
             term.close()
@@ -304,7 +312,7 @@ def deals_session(argv: list[str], env: dict[str, str], home: bytes, table: re.P
                 split = VIEW_ROWS - 1
                 figures["down_view_bytes"] = statistics.mean(sizes[:split])
                 figures["down_view_latency"] = median([t for t in latencies[:split] if t is not None])
-                figures["down_scroll_bytes"] = statistics.mean(sizes[split:]) if sizes[split:] else float("nan")
+                figures["down_scroll_bytes"] = statistics.mean(sizes[split:] or [float("nan")])
                 figures["down_scroll_latency"] = median([t for t in latencies[split:] if t is not None])
         # last: the first key after a resize repaints the whole table (a refresh left over from on_resize)
         figures["full"] = term.full_repaint()
@@ -319,7 +327,8 @@ def ratio(a: float, b: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=None, help="opportunities in the large store (default 100000)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="opportunities in the large store (default 100000)")
     parser.add_argument("--quick", action="store_true", help="20,000 opportunities, fewer presses and runs")
     args = parser.parse_args()
     size = args.size or (20_000 if args.quick else 100_000)
@@ -337,21 +346,23 @@ def main() -> None:
 
         # 3b. first paint of the home screen: Forecast on the default demo store vs one Label
         (bare,) = first_paint([python, "-c", BARE], {}, [BARE_MARKER], runs)
-        frame, home = first_paint(cockpit_argv(), cockpit_env(small), [b"Loading the forecast", FORECAST_MARKER], runs)
+        # the first frame (the loading text, or the view if it is ready by then), then the loaded view
+        markers = [re.compile(b"Loading the forecast|" + re.escape(FORECAST_MARKER)), FORECAST_MARKER]
+        frame, home = first_paint(cockpit_argv(), cockpit_env(small), markers, runs)
 
         # 1, 2, 3a. the Deals screen on the large store, and the DataTable baseline with as many rows
         cockpit_runs = [deals_session(cockpit_argv(), cockpit_env(large), FORECAST_MARKER, DEALS_MARKER,
                                       downs, pages, measure_keys=(n == 0)) for n in range(deal_runs)]
         rows = int(cockpit_runs[0]["rows"])
         table_argv = [python, "-c", TABLE, str(rows)]
-        table_runs = [deals_session(table_argv, {}, BARE_MARKER, TABLE_MARKER, downs, pages, measure_keys=(n == 0))
-                      for n in range(deal_runs)]
+        table_runs = [deals_session(table_argv, {}, BARE_MARKER, TABLE_MARKER, downs, pages,
+                                    measure_keys=(n == 0)) for n in range(deal_runs)]
         cockpit, table = cockpit_runs[0], table_runs[0]
 
-    print(f"\nDeals screen: {rows:,} open deals of a {size:,}-opportunity store; the baseline is a stock DataTable "
-          f"of {rows:,} synthetic rows;\n{SIZE[0]}x{SIZE[1]} pty; {downs} x down from the first row "
-          f"(the first {VIEW_ROWS - 1} within the view, then scrolling), then {int(cockpit['pages'])} / "
-          f"{int(table['pages'])} x pagedown")
+    print(f"\nDeals screen: {rows:,} open deals of a {size:,}-opportunity store; the baseline is a stock "
+          f"DataTable of {rows:,} synthetic rows;\n{SIZE[0]}x{SIZE[1]} pty; {downs} x down from the first "
+          f"row (the first {VIEW_ROWS - 1} within the view, then scrolling), then "
+          f"{int(cockpit['pages'])} / {int(table['pages'])} x pagedown")
     report("full-screen repaint (resize back to 120x40), cockpit", cockpit["full"], "B")
     report("full-screen repaint (resize back to 120x40), DataTable", table["full"], "B")
     report("bytes from key 3 until settled, cockpit", cockpit["switch_bytes"], "B")
@@ -362,15 +373,16 @@ def main() -> None:
         c, t = cockpit[f"{key}_bytes"], table[f"{key}_bytes"]
         report(f"bytes per {label}, cockpit (mean)", c, "B", target)
         report(f"bytes per {label}, DataTable (mean)", t, "B")
-        report(f"  ratio cockpit / DataTable", ratio(c, t), "x")
-        report(f"  cockpit as a share of its full repaint", ratio(c, cockpit["full"]), "x")
+        report("  ratio cockpit / DataTable", ratio(c, t), "x")
+        report("  cockpit as a share of its full repaint", ratio(c, cockpit["full"]), "x")
     for label, key in (("down, all presses", "down"), ("down within the view", "down_view"),
                        ("down that scrolls one line", "down_scroll"), ("pagedown", "pagedown")):
         c, t = cockpit[f"{key}_latency"] * 1000, table[f"{key}_latency"] * 1000
         report(f"key-to-paint, {label}, cockpit (median)", c, "ms")
         report(f"key-to-paint, {label}, DataTable (median)", t, "ms")
-        report(f"  ratio cockpit / DataTable", ratio(c, t), "x")
-    silent = {f"{who} {name}": run[f"{name}_silent"] for who, run in (("cockpit", cockpit), ("DataTable", table))
+        report("  ratio cockpit / DataTable", ratio(c, t), "x")
+    silent = {f"{who} {name}": run[f"{name}_silent"]
+              for who, run in (("cockpit", cockpit), ("DataTable", table))
               for name in ("down", "pagedown") if run[f"{name}_silent"]}
     if silent:
         print(f"  presses that wrote nothing within 1 s (left out of the latency): {silent}")
@@ -381,9 +393,10 @@ def main() -> None:
     report(f"cockpit: Deals screen after key 3 ({size:,} store, {rows:,} deals)", switch_c, "s")
     report(f"DataTable: table screen after key 3 ({rows:,} rows)", switch_t, "s")
     report("  ratio cockpit / DataTable (Deals first paint)", ratio(switch_c, switch_t), "x")
-    report(f"cockpit: Forecast loaded, from start ({size:,} store)", median([r["home"] for r in cockpit_runs]), "s")
+    report(f"cockpit: Forecast loaded, from start ({size:,} store)",
+           median([r["home"] for r in cockpit_runs]), "s")
     report("bare Textual app: first paint of one label", bare, "s")
-    report("cockpit: first frame (\"Loading the forecast\"), 5,000 store", frame, "s")
+    report("cockpit: first frame (loading text or view), 5,000 store", frame, "s")
     report("cockpit: Forecast loaded, from start (5,000 store)", home, "s", "target <= 1.0")
     report("  ratio cockpit / bare (home first paint)", ratio(home, bare), "x")
 

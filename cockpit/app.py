@@ -12,6 +12,8 @@ from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from cockpit.config import Settings
@@ -142,6 +144,11 @@ class CockpitApp(App[None]):
                 f"{binding.tooltip or binding.description} ({key})",
                 partial(node.run_action, binding.action),
             )
+
+    def get_loading_widget(self) -> Widget:
+        """A still "Loading…" line: Textual's animated indicator repaints the whole panel ~10 times a
+        second, 6–12 KB per 100 ms on the wire (bench/bench_tui.py), which an SSH session feels."""
+        return Static("Loading…", classes="loading-text")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The key for the section on screen is disabled (the footer greys it)."""
