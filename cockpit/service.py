@@ -456,7 +456,11 @@ class CockpitService:
     def scope_members(tree: OrgTree, scope: str) -> list[str] | None:
         from cockpit.models.submission import ALL_SCOPE
 
-        return None if scope == ALL_SCOPE else tree.subtree(scope)
+        if scope == ALL_SCOPE:
+            return None
+        members = tree.subtree(scope)
+        # the top of the org is everyone: no owner filter (the store then reads deals in id order)
+        return None if len(members) == len(tree.owners) else members
 
     def stage_medians(self, store: Store, as_of: date) -> dict[str, Any]:
         """Median days deals spent in each stage (from every history), cached per as-of date."""
@@ -586,11 +590,10 @@ class CockpitService:
             snaps = store.snapshot(as_of, owner_ids=members, closed_from=quarter.start)
             then_day = same_point(quarter, as_of, quarter.previous())
             then = store.snapshot(then_day, owner_ids=members)
-            scores = store.scores([s.deal.id for s in snaps if not s.deal.is_closed])
+            probabilities = store.probabilities([s.deal.id for s in snaps if not s.deal.is_closed]) or None
             outcomes = self.outcomes(store)
             history = list_submissions(store.conn, quarter.label, scope)
             team = latest_submissions(store.conn, quarter.label, tree.subtree(scope)) if scope in tree.owners else {}
-        probabilities = {i: s.p_in_quarter for i, s in scores.items()} if scores else None
         run_rate = learn_run_rate(outcomes, quarter, as_of, config, owner_ids=members)
         roll = rollup(
             snaps, quarter, as_of=as_of, pipelines=pipelines, tree=tree, config=config,
@@ -609,7 +612,7 @@ class CockpitService:
             previous_submission=history[-2] if len(history) > 1 else None,
             team_submissions=team,
             run_rate=run_rate,
-            scored=bool(scores),
+            scored=probabilities is not None,
             tree=tree,
         )
 

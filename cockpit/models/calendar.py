@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, timedelta
+from functools import cached_property
 from functools import total_ordering
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -101,14 +102,15 @@ class Quarter(BaseModel):
             return None
         return f"{self.start.year}Q{(self.start.month - 1) // 3 + 1}"
 
-    @property
+    @cached_property
     def start(self) -> date:
-        """First day of the quarter."""
+        """First day of the quarter (cached: a roll-up asks tens of thousands of times; so new
+        quarters are built, never `model_copy`'d, which would carry the cache over)."""
         first = self.calendar.year_start(self.fiscal_year)
         y, m = _add_months(first.year, first.month, 3 * (self.number - 1))
         return date(y, m, 1)
 
-    @property
+    @cached_property
     def end(self) -> date:
         """First day after the quarter (exclusive end)."""
         s = self.start
@@ -144,13 +146,13 @@ class Quarter(BaseModel):
 
     def next(self) -> Quarter:
         if self.number == 4:
-            return self.model_copy(update={"fiscal_year": self.fiscal_year + 1, "number": 1})
-        return self.model_copy(update={"number": self.number + 1})
+            return Quarter(fiscal_year=self.fiscal_year + 1, number=1, calendar=self.calendar)
+        return Quarter(fiscal_year=self.fiscal_year, number=self.number + 1, calendar=self.calendar)
 
     def previous(self) -> Quarter:
         if self.number == 1:
-            return self.model_copy(update={"fiscal_year": self.fiscal_year - 1, "number": 4})
-        return self.model_copy(update={"number": self.number - 1})
+            return Quarter(fiscal_year=self.fiscal_year - 1, number=4, calendar=self.calendar)
+        return Quarter(fiscal_year=self.fiscal_year, number=self.number - 1, calendar=self.calendar)
 
     def _key(self) -> tuple[int, int]:
         return (self.fiscal_year, self.number)

@@ -438,12 +438,15 @@ class Store:
                 params[f"o{n}"] = owner
                 names.append(f":o{n}")
             where.append(f"o.owner_id IN ({', '.join(names)})" if names else "0")
+        # CROSS JOIN keeps the opportunities as the outer loop: left to itself SQLite's planner scans
+        # every history row and runs the per-deal subquery for each (1.3-2.1 s at 100,000 deals with
+        # 1 M history rows, 0.3 s this way).
         sql = f"""
             SELECT {', '.join('o.' + c.strip() for c in _OPP_COLUMNS.split(','))},
                    h.stage_id, h.amount, h.close_date, h.forecast_category, h.stage_entered_at,
                    h.stage_changes, h.pushes, s.is_closed, s.is_won
             FROM opportunity o
-            JOIN stage_change h ON h.opportunity_id = o.id AND h.seq = (
+            CROSS JOIN stage_change h ON h.opportunity_id = o.id AND h.seq = (
                 SELECT max(h2.seq) FROM stage_change h2
                 WHERE h2.opportunity_id = o.id AND h2.changed_at < :cut)
             JOIN stage s ON s.id = h.stage_id
@@ -474,8 +477,8 @@ class Store:
                    CASE WHEN o.is_won THEN coalesce(o.close_date, date(last.stage_entered_at / 1000000, 'unixepoch')) END,
                    o.amount, o.currency
             FROM opportunity o
-            JOIN stage_change first ON first.opportunity_id = o.id AND first.seq = 0
-            JOIN stage_change last ON last.opportunity_id = o.id AND last.seq = (
+            CROSS JOIN stage_change first ON first.opportunity_id = o.id AND first.seq = 0
+            CROSS JOIN stage_change last ON last.opportunity_id = o.id AND last.seq = (
                 SELECT max(seq) FROM stage_change WHERE opportunity_id = o.id)
             """
         ).fetchall()
@@ -579,18 +582,29 @@ class Store:
         return len(rows)
 
     def scores(self, ids: Iterable[str] | None = None) -> dict[str, DealScore]:
-        rows = self.conn.execute(
-            "SELECT opportunity_id, as_of, p_won, p_in_quarter, reasons, model_version FROM score"
-        ).fetchall()
-        wanted = set(ids) if ids is not None else None
+        """Stored scores, all or of these deals (only the wanted rows are decoded)."""
+        sql = "SELECT opportunity_id, as_of, p_won, p_in_quarter, reasons, model_version FROM score"
+        if ids is None:
+            rows = self.conn.execute(sql).fetchall()
+        else:
+            rows = self.conn.execute(
+                sql + " WHERE opportunity_id IN (SELECT value FROM json_each(?))", (json.dumps(list(ids)),)
+            ).fetchall()
         return {
-            r[0]: DealScore.model_construct(
-                opportunity_id=r[0], as_of=date.fromisoformat(r[1]), p_won=r[2], p_in_quarter=r[3],
-                reasons=tuple(Reason.model_construct(**x) for x in json.loads(r[4])), model_version=r[5],
-            )
+            r[0]: _build(DealScore, {
+                "opportunity_id": r[0], "as_of": date.fromisoformat(r[1]), "p_won": r[2], "p_in_quarter": r[3],
+                "reasons": tuple(_build(Reason, x) for x in json.loads(r[4])), "model_version": r[5],
+            })
             for r in rows
-            if wanted is None or r[0] in wanted
         }
+
+    def probabilities(self, ids: Iterable[str]) -> dict[str, float]:
+        """The stored in-quarter probability of these deals (no reasons decoded: the roll-up's need)."""
+        rows = self.conn.execute(
+            "SELECT opportunity_id, p_in_quarter FROM score WHERE opportunity_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(ids)),),
+        )
+        return dict(rows.fetchall())
 
     def record_model_run(self, version: str, chosen: str, report: dict[str, Any]) -> int:
         with self.transaction():
