@@ -45,7 +45,10 @@ async def settle(pilot) -> None:
         await pilot.app.workers.wait_for_complete()
     except WorkerFailed:
         pass  # the app reports it; the error snapshot shows how
-    await pilot.pause()
+    # a view that arrives repaints on the next refreshes (bars size themselves to the width they get)
+    for _ in range(3):
+        await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
     for inp in pilot.app.screen.query(Input):
         inp.cursor_blink = False
     await pilot.pause()

@@ -119,7 +119,7 @@ class ChangesScreen(CockpitScreen):
 
     AUTO_FOCUS = "#changes-table"
     BINDINGS = [
-        Binding("enter,space", "toggle", "Open/close", id="changes-toggle", tooltip="Show or hide the bucket's deals"),
+        Binding("space,enter", "toggle", "Open/close", id="changes-toggle", tooltip="Show or hide the bucket's deals"),
         Binding("s", "since", "Since…", id="changes-since", tooltip="Compare with another date"),
         Binding("r", "refresh", "Refresh", id="changes-refresh", tooltip="Reload from the store"),
     ]
