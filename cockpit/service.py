@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEMO_PARAMS_FILE = "demo.json"
+"""Seed and size of the demo org last synced into the data dir."""
+
 
 @dataclass(frozen=True)
 class SyncSummary:
@@ -241,8 +244,8 @@ class CockpitService:
         for the default demo), which would otherwise delay every first paint of the Forecast screen."""
         import json
 
-        demo = self.settings.demo
-        key = f"{demo.seed}:{demo.size}:{self.today().isoformat()}"
+        seed, size = self._demo_params()
+        key = f"{seed}:{size}:{self.today().isoformat()}"
         cache = self.data_dir / "demo-quotas.json"
         try:
             stored = json.loads(cache.read_text(encoding="utf-8"))
@@ -252,7 +255,7 @@ class CockpitService:
             pass
         quotas = [
             {"owner_id": owner, "quarter": quarter, "amount": str(amount)}
-            for (owner, quarter), amount in sorted(compute(self.today(), seed=demo.seed, size=demo.size).items())
+            for (owner, quarter), amount in sorted(compute(self.today(), seed=seed, size=size).items())
         ]
         from cockpit.export import ExportError, write_atomic
 
@@ -262,6 +265,31 @@ class CockpitService:
         except (OSError, ExportError) as exc:  # a read-only data dir: compute again next time
             log.info("demo quotas not cached: %s", exc)
         return quotas
+
+    def _demo_params(self) -> tuple[int, int]:
+        """(seed, size) of the demo org in the store: as last synced (`--demo-size` may differ from config)."""
+        import json
+
+        try:
+            synced = json.loads((self.data_dir / DEMO_PARAMS_FILE).read_text(encoding="utf-8"))
+            return int(synced["seed"]), int(synced["size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.settings.demo.seed, self.settings.demo.size
+
+    def _remember_demo(self, connector: Any) -> None:
+        """After a demo sync: note its seed and size, and compute its quotas now, not at first paint."""
+        import json
+
+        from cockpit.export import ExportError, write_atomic
+
+        try:
+            params = {"seed": int(connector.seed), "size": int(connector.size)}
+            write_atomic(self.data_dir / DEMO_PARAMS_FILE, json.dumps(params).encode(), force=True)
+        except (AttributeError, OSError, ExportError) as exc:
+            log.info("demo parameters not recorded: %s", exc)
+            return
+        self.__dict__.pop("quota_config", None)
+        self.quota_config  # noqa: B018 - computes and caches the quotas
 
     @cached_property
     def forecast_config(self) -> ForecastConfig:
@@ -377,6 +405,8 @@ class CockpitService:
                 store.finish_sync(run_id, "interrupted" if not isinstance(exc, Exception) else "failed", str(exc))
                 raise
             store.finish_sync(run_id, "ok")
+        if connector.name == "demo":
+            self._remember_demo(connector)
         return SyncSummary(
             run_id, connector.name, batches, opportunities, changes, time.perf_counter() - started, cursor
         )
@@ -957,29 +987,35 @@ class CockpitService:
         A model whose fingerprint (the closed deals it learned from) no longer matches the store is
         refused and retrained: new outcomes are what the model learns from.
         """
-        from cockpit.scoring import ModelFileError, data_fingerprint, load_model
+        from cockpit.scoring import ModelFileError, load_model
+        from cockpit.scoring.files import fingerprint_of
 
         say = progress or (lambda message, fraction: None)
         started = time.perf_counter()
         with self.store(create=False) as store:
-            histories = list(store.histories())
-            owners = store.owners()
+            fingerprint = fingerprint_of(store.closed_deal_facts())
         try:
-            model = load_model(self.model_path, expected_fingerprint=data_fingerprint(histories))
+            model = load_model(self.model_path, expected_fingerprint=fingerprint)
         except ModelFileError as exc:
             log.info("retraining: %s", exc)
             say(f"{exc.title}: retraining", 0.0)
             return self.train(progress)
         self.__dict__["_model"] = model
         say("Scoring open deals", 0.5)
-        scored = self._score_open(model, histories, owners)
+        # Same closed deals as at training: the past win rates the model holds are still right,
+        # so only the open deals are read.
+        with self.store(create=False) as store:
+            open_ = list(store.histories(closed=False))
+            owners = store.owners()
+        scored = self._score_open(model, open_, owners, refresh_rates=False)
         say("Done", 1.0)
         return ModelRun(model.version, None, scored, time.perf_counter() - started, retrained=False)
 
-    def _score_open(self, model: Any, histories: list[Any], owners: list[Any]) -> int:
-        """Score today's open deals (past win rates refreshed from the deals closed so far) and store them."""
+    def _score_open(self, model: Any, histories: list[Any], owners: list[Any], *, refresh_rates: bool = True) -> int:
+        """Score today's open deals and store them; past win rates are refreshed from the closed deals
+        among `histories` unless `refresh_rates` is off (the model's own are current)."""
         open_ = [h for h in histories if not h.deal.is_closed]
-        closed = [h for h in histories if h.deal.is_closed]
+        closed = [h for h in histories if h.deal.is_closed] if refresh_rates else None
         scores = model.score(open_, self.today(), closed=closed, owners=owners)
         with self.store() as store:
             return store.write_scores(scores)

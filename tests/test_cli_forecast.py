@@ -204,3 +204,14 @@ def test_export_without_a_submission_says_what_to_do(demo_dir, capsys):
     code, _, err = cli(capsys, demo_dir, "export", "--quarter", "FY2026-Q4", "--format", "csv",
                        "--out", str(Path(demo_dir) / "x.csv"))
     assert code == 1 and "commit one in the cockpit first" in err
+
+
+def test_store_fingerprint_matches_the_models(demo_dir):
+    """The sync checks the model against a fingerprint read in SQL; it must hash what training hashed."""
+    from cockpit.scoring import data_fingerprint, load_model
+    from cockpit.scoring.files import fingerprint_of
+
+    with Store.open(demo_dir / "cockpit.db") as store:
+        from_sql = fingerprint_of(store.closed_deal_facts())
+        from_histories = data_fingerprint(store.histories())
+    assert from_sql == from_histories == load_model(demo_dir / "model.npz").fingerprint

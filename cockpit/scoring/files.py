@@ -14,6 +14,7 @@ import os
 import tempfile
 import zipfile
 from collections.abc import Iterable
+from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,15 @@ def data_fingerprint(histories: Iterable[DealHistory]) -> str:
 
     Open deals do not enter it: they change every sync without changing what the model learned.
     """
+    return fingerprint_of(
+        (h.deal.id, h.deal.is_won, h.deal.closed_at, len(h.changes)) for h in histories if h.deal.is_closed
+    )
+
+
+def fingerprint_of(closed: Iterable[tuple[str, bool, datetime | None, int]]) -> str:
+    """The same hash from (id, won, closed_at, history rows) of each closed deal, e.g. read in SQL."""
     digest = hashlib.sha256()
-    lines = []
-    for h in histories:
-        deal = h.deal
-        if deal.is_closed:
-            closed = deal.closed_at.isoformat() if deal.closed_at else ""
-            lines.append(f"{deal.id}\t{int(deal.is_won)}\t{closed}\t{len(h.changes)}")
+    lines = [f"{i}\t{int(bool(won))}\t{at.isoformat() if at else ''}\t{n}" for i, won, at, n in closed]
     for line in sorted(lines):
         digest.update(line.encode())
         digest.update(b"\n")

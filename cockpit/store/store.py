@@ -468,6 +468,16 @@ class Store:
             )
         return out
 
+    def closed_deal_facts(self) -> list[tuple[str, bool, datetime | None, int]]:
+        """(id, won, closed_at, history rows) of every closed deal: what the win model's fingerprint hashes."""
+        return [
+            (r[0], bool(r[1]), from_us(r[2]) if r[2] is not None else None, r[3])
+            for r in self.conn.execute(
+                "SELECT o.id, o.is_won, o.closed_at, (SELECT count(*) FROM stage_change h WHERE h.opportunity_id = o.id) "
+                "FROM opportunity o WHERE o.is_closed = 1"
+            )
+        ]
+
     def deal_outcomes(self) -> list[tuple[Any, ...]]:
         """Per deal with a history: (id, owner, pipeline, created µs, won µs or None, booked day, amount, currency)."""
         return self.conn.execute(
