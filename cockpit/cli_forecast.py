@@ -64,18 +64,25 @@ def _scope(service: Any, text: str | None) -> str:
 # -- the win model ----------------------------------------------------------------------------------
 
 
-def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+def _with_progress(args: argparse.Namespace, job: Any) -> Any:
+    """Run `job(progress)` with a progress line on stderr; a ScoringError becomes its exit code."""
     from cockpit.scoring import ScoringError
 
-    service = _service(args, settings)
-    _require_store(service)
     bar = StepProgress(quiet=args.quiet or args.json)
     try:
-        run = service.train(progress=bar)
+        return job(progress=bar)
     except ScoringError as exc:
         return fail(exc.title, exc.message)
     finally:
         bar.close()
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(args, settings)
+    _require_store(service)
+    run = _with_progress(args, service.train)
+    if isinstance(run, int):
+        return run
     report = run.report
     if args.json:
         _dump({"version": run.version, "model_file": str(service.model_path), "scored_open_deals": run.scored,
@@ -274,19 +281,15 @@ def cmd_flags(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    from cockpit.scoring import ScoringError
-
     service = _service(args, settings)
     _require_store(service)
     if not 1 <= args.quarters <= 20:
         raise UsageProblem(f"--quarters {args.quarters} is out of range (1 to 20)")
-    bar = StepProgress(quiet=args.quiet or args.json)
-    try:
-        run = service.backtest(args.quarters, _scope(service, args.scope), method=args.method, progress=bar)
-    except ScoringError as exc:
-        return fail(exc.title, exc.message)
-    finally:
-        bar.close()
+    scope = _scope(service, args.scope)
+    run = _with_progress(args, lambda progress: service.backtest(args.quarters, scope, method=args.method,
+                                                                  progress=progress))
+    if isinstance(run, int):
+        return run
     report = run.report
     if args.json:
         _dump({"scope": run.scope, "method": run.method, "seconds": round(run.seconds, 1), **report.to_dict()})
