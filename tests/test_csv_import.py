@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import shutil
 import tempfile
-import time
 from collections import Counter
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -639,7 +638,7 @@ class TestParsers:
 # --------------------------------------------------------------------------- performance
 
 
-def test_ten_thousand_deals_import_in_seconds(tmp_path):
+def test_ten_thousand_deals_import(tmp_path):
     stages = ["Qualify", "Proposal", "Negotiate", "Won", "Lost"]
     with (
         open(tmp_path / "opportunities.csv", "w", newline="") as out,
@@ -682,11 +681,8 @@ def test_ten_thousand_deals_import_in_seconds(tmp_path):
             changes.writerow([f"O{i}", f"2025-{i % 12 + 1:02d}-01", "Qualify"])
             if stage != "Qualify":
                 changes.writerow([f"O{i}", f"2025-{i % 12 + 1:02d}-15", stage])
-    started = time.perf_counter()
-    imported = CsvConnector(tmp_path).load()
-    elapsed = time.perf_counter() - started
+    imported = CsvConnector(tmp_path).load()  # its speed: bench/ (about 1 s on one free core)
     assert len(imported.opportunities) == 10_000 and len(imported.changes) == 18_000
-    assert elapsed < 20, f"10,000 deals took {elapsed:.1f} s"  # about 1 s on one free core
 
 
 # --------------------------------------------------------------------------- the Maven CRM data

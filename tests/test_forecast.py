@@ -358,15 +358,16 @@ def test_run_rate_widens_and_lifts_the_range():
     assert more.p10 >= Decimal(0)
 
 
-def test_range_of_100k_deals_is_fast():
-    import time
-
+def test_range_of_100k_deals():
+    """At scale the range still adds up (its speed is measured in bench/bench_forecast.py)."""
     rng = random.Random(1)
     values = [Decimal(rng.randrange(1000, 500000)) for _ in range(100_000)]
     probs = [rng.random() for _ in range(100_000)]
-    start = time.perf_counter()
-    forecast_range(Decimal(0), values, probs, RunRate(expected=Decimal(10**6), variance=1e11))
-    assert time.perf_counter() - start < 1.0
+    got = forecast_range(Decimal(0), values, probs, RunRate(expected=Decimal(10**6), variance=1e11))
+    expected = sum(float(v) * p for v, p in zip(values, probs)) + 10**6
+    assert abs(float(got.expected) - expected) < 1.0
+    assert got.p10 < got.p50 < got.p90
+    assert got.deals == 100_000
 
 
 # --------------------------------------------------------------------------- run-rate
