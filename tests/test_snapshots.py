@@ -115,3 +115,9 @@ def test_error_keeps_the_screen_and_says_what_to_do(snap_compare, app):
 
     app.service.forecast_view = broken
     assert snap_compare(app, terminal_size=SMALL, run_before=go())
+
+
+@pytest.mark.parametrize("keys", [(), ("2",)], ids=["forecast", "review"])
+def test_wide_terminal(snap_compare, app, keys):
+    """200x60: the panels spread out, nothing stretches to absurd widths."""
+    assert snap_compare(app, terminal_size=(200, 60), run_before=go(*keys))

@@ -103,6 +103,7 @@ class ReviewScreen(CockpitScreen):
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < 110, "-narrow")
+        self.set_class(self.size.width >= 160, "-wide")
 
     # -- loading and saving -------------------------------------------------------------------
 
