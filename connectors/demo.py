@@ -49,6 +49,7 @@ from cockpit.models import (
     SyncBatch,
     SyncProgress,
 )
+from cockpit.models.trusted import construct_trusted
 from connectors import ConnectorError, ProgressCallback
 
 __all__ = [
@@ -635,22 +636,6 @@ def _calendar_tables(lo: int, hi: int) -> tuple[list[float], list[int], list[int
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
-_new_object = object.__new__
-_set_slot = object.__setattr__
-
-
-def _construct(cls: type[_Model], values: dict[str, object]) -> _Model:
-    """`model_construct` without its per-field bookkeeping: every field is given, no alias, no extra.
-
-    The generator makes millions of rows whose types it controls; validating them would double the
-    run time. `_trusted` uses this only if it produces the same object as validation (checked once).
-    """
-    obj = _new_object(cls)
-    _set_slot(obj, "__dict__", values)
-    _set_slot(obj, "__pydantic_fields_set__", set(values))
-    _set_slot(obj, "__pydantic_extra__", None)
-    _set_slot(obj, "__pydantic_private__", None)
-    return obj
 
 
 def _validated(cls: type[_Model], values: dict[str, object]) -> _Model:
@@ -658,7 +643,11 @@ def _validated(cls: type[_Model], values: dict[str, object]) -> _Model:
 
 
 def _pick_constructor() -> Callable[[type[_Model], dict[str, object]], _Model]:
-    """`_construct` if this pydantic builds from it exactly what validation builds, else validation."""
+    """`construct_trusted` if this pydantic builds from it exactly what validation builds, else validation.
+
+    The generator makes millions of rows whose types it controls; validating them would double the
+    run time.
+    """
     when = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
     samples: list[tuple[type[BaseModel], dict[str, object]]] = [
         (
@@ -692,16 +681,16 @@ def _pick_constructor() -> Callable[[type[_Model], dict[str, object]], _Model]:
         ),
     ]
     for cls, values in samples:
-        fast, slow = _construct(cls, dict(values)), _validated(cls, dict(values))
+        fast, slow = construct_trusted(cls, dict(values)), _validated(cls, dict(values))
         if (
             fast != slow or fast.model_dump_json() != slow.model_dump_json()
         ):  # pragma: no cover - pydantic changed
             return _validated
-    return _construct
+    return construct_trusted
 
 
 _trusted = _pick_constructor()
-"""Builds a model from values the generator made itself (see `_construct`)."""
+"""Builds a model from values the generator made itself (see `_pick_constructor`)."""
 
 
 class _DealRecord(NamedTuple):

@@ -194,3 +194,18 @@ def test_quarter_ordering():
     assert isinstance(qs[0], Quarter)
     assert cal.quarter_of(date(2026, 4, 1)).week_start(2) == date(2026, 4, 8)
     assert timedelta(days=0) == cal.quarter_of(date(2026, 4, 1)).start - date(2026, 4, 1)
+
+
+def test_trusted_construction_equals_validation():
+    """What the store, the connectors and the scorer build without validation is the validated model."""
+    from cockpit.models import DealScore, Reason
+    from cockpit.models.trusted import construct_trusted
+
+    values = {
+        "opportunity_id": "x", "as_of": date(2026, 1, 5), "p_won": 0.5, "p_in_quarter": 0.25,
+        "reasons": (Reason(feature="deal_age", text="deal open 3 days", points=-1.5),), "model_version": "v",
+    }
+    fast, slow = construct_trusted(DealScore, dict(values)), DealScore.model_validate(dict(values))
+    assert fast == slow and hash(fast) == hash(slow)
+    assert fast.model_dump_json() == slow.model_dump_json()
+    assert fast.model_fields_set == slow.model_fields_set

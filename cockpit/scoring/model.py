@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from cockpit.models import DealHistory, DealScore, Owner, Reason
+from cockpit.models.trusted import construct_trusted
 from cockpit.scoring.baselines import CRM, STAGE_RATE, StageRates, crm_probability
 from cockpit.scoring.estimators import Calibrator, Encoder, LinearModel, TreeModel
 from cockpit.scoring.features import (
@@ -505,12 +506,7 @@ def fast_constructor(cls: type) -> Callable[[dict[str, Any]], Any]:
         return cached
 
     def construct(values: dict[str, Any]) -> Any:
-        obj = object.__new__(cls)
-        object.__setattr__(obj, "__dict__", values)
-        object.__setattr__(obj, "__pydantic_fields_set__", set(values))
-        object.__setattr__(obj, "__pydantic_extra__", None)
-        object.__setattr__(obj, "__pydantic_private__", None)
-        return obj
+        return construct_trusted(cls, values)
 
     samples = {
         Reason: {"feature": "deal_age", "text": "deal open 3 days", "points": -1.5},
