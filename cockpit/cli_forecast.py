@@ -4,41 +4,18 @@ flags, backtest, submissions, export. Each returns an exit code; errors are one 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from datetime import date, datetime
-from decimal import Decimal
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from cockpit.cli import EXIT_OK, StepProgress, UsageProblem, _parse_date, _service, fail
 from cockpit.config import Settings
-from cockpit.format import compact
-
-
-def plain(value: Any) -> Any:
-    """JSON-ready data: money as strings (never floats), dates in ISO form, enums by value."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(plain(k)): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [plain(v) for v in value]
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    return value
+from cockpit.format import compact, json_ready
 
 
 def _dump(data: Any) -> None:
-    json.dump(plain(data), sys.stdout, ensure_ascii=False, indent=2)
+    json.dump(json_ready(data), sys.stdout, ensure_ascii=False, indent=2)
     sys.stdout.write("\n")
 
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from cockpit.format import json_ready
 from cockpit.forecast.config import ForecastConfig, Fx
 from cockpit.forecast.deals import forecast_deals, stage_index
 from cockpit.forecast.distribution import ForecastRange, forecast_range
@@ -122,19 +123,7 @@ class BacktestReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for `--json` (money as strings)."""
-        return _plain(asdict(self))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
+        return json_ready(self)
 
 
 def past_quarters(calendar: FiscalCalendar, today: date, count: int) -> list[Quarter]:
