@@ -18,7 +18,6 @@ import random
 import statistics
 import sys
 import time
-from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -35,13 +34,12 @@ from cockpit.forecast.deals import stage_index
 from cockpit.forecast.rollup import rollup
 from cockpit.forecast.runrate import RunRate
 from cockpit.models import (
-    DealHistory,
     DealSnapshot,
     FiscalCalendar,
     Opportunity,
     OrgTree,
     Owner,
-    complete_history,
+    histories_of,
 )
 
 UTC = UTC
@@ -185,19 +183,7 @@ def demo_histories(seed: int = 7, size: int = 5000, as_of: date = AS_OF):
     for batch in DemoConnector(seed=seed, size=size, as_of=as_of).generate():
         pipelines += batch.pipelines
         owners += batch.owners
-        rows, acts = defaultdict(list), defaultdict(list)
-        for change in batch.changes:
-            rows[change.opportunity_id].append(change)
-        for act in batch.activities:
-            acts[act.opportunity_id].append(act.on)
-        for opp in batch.opportunities:
-            histories.append(
-                DealHistory(
-                    deal=opp,
-                    changes=tuple(complete_history(opp, rows[opp.id])),
-                    activities=tuple(sorted(acts[opp.id])),
-                )
-            )
+        histories += histories_of(batch.opportunities, batch.changes, batch.activities, complete=True)
     rates = tuple(
         FxRate(currency=c, valid_from=date(2000, 1, 1), rate=r)
         for c, r in demo_fx_rates().items()
@@ -267,10 +253,7 @@ def bench_maven() -> None:
 
     t0 = time.perf_counter()
     imported = CsvConnector(MAVEN, mapping=ROOT / "examples" / "maven-crm.toml").load()
-    rows = defaultdict(list)
-    for change in imported.changes:
-        rows[change.opportunity_id].append(change)
-    histories = [DealHistory(deal=o, changes=tuple(rows[o.id])) for o in imported.opportunities]
+    histories = histories_of(imported.opportunities, imported.changes)
     stages = stage_index(imported.pipelines)
     config = ForecastConfig(reporting_currency="USD", run_rate_quarters=1)
     probs = InQuarterRates(histories, stages, CAL, quarters=1)

@@ -16,7 +16,6 @@ ages, days in stage and close dates, so reason texts are not simply repeated).
 from __future__ import annotations
 
 import argparse
-import collections
 import random
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-from cockpit.models import DealHistory, FiscalCalendar
+from cockpit.models import DealHistory, FiscalCalendar, histories_of
 from connectors.demo import DEMO_FISCAL_START_MONTH, DemoConnector
 
 AS_OF = date(2026, 3, 31)
@@ -36,21 +35,14 @@ CLOSED_SHARE = 0.916
 def demo_histories(closed: int, seed: int = 7) -> tuple[list[DealHistory], list, list, FiscalCalendar]:
     """Demo deals with their histories: about `closed` closed deals plus the open ones."""
     connector = DemoConnector(seed=seed, size=min(1_000_000, round(closed / CLOSED_SHARE)), as_of=AS_OF)
-    pipelines, owners, deals = [], [], []
-    changes: dict[str, list] = collections.defaultdict(list)
-    activities: dict[str, list[date]] = collections.defaultdict(list)
+    pipelines, owners, deals, changes, activities = [], [], [], [], []
     for batch in connector.generate():
         pipelines += batch.pipelines
         owners += batch.owners
         deals += batch.opportunities
-        for change in batch.changes:
-            changes[change.opportunity_id].append(change)
-        for activity in batch.activities:
-            activities[activity.opportunity_id].append(activity.on)
-    histories = [
-        DealHistory(deal=d, changes=tuple(changes[d.id]), activities=tuple(sorted(activities[d.id])))
-        for d in deals
-    ]
+        changes += batch.changes
+        activities += batch.activities
+    histories = histories_of(deals, changes, activities)
     return histories, pipelines, owners, FiscalCalendar(start_month=DEMO_FISCAL_START_MONTH)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +21,7 @@ from cockpit.models import (
     StageChange,
     complete_history,
     end_of_day,
+    histories_of,
     snapshot_of,
 )
 from cockpit.models.submission import CategoryAmounts, Submission
@@ -191,20 +191,7 @@ def demo(size: int, as_of: date, seed: int = 7):
     for batch in DemoConnector(seed=seed, size=size, as_of=as_of).generate():
         pipelines += batch.pipelines
         owners += batch.owners
-        changes = defaultdict(list)
-        for change in batch.changes:
-            changes[change.opportunity_id].append(change)
-        acts = defaultdict(list)
-        for act in batch.activities:
-            acts[act.opportunity_id].append(act.on)
-        for opp in batch.opportunities:
-            histories.append(
-                DealHistory(
-                    deal=opp,
-                    changes=tuple(complete_history(opp, changes[opp.id])),
-                    activities=tuple(sorted(acts[opp.id])),
-                )
-            )
+        histories += histories_of(batch.opportunities, batch.changes, batch.activities, complete=True)
     rates = tuple(
         FxRate(currency=c, valid_from=d(2000, 1, 1), rate=r)
         for c, r in demo_fx_rates().items()
@@ -264,10 +251,7 @@ def test_maven_p50_within_ten_percent_in_2017q3_and_q4():
     from connectors.csv import CsvConnector
 
     imported = CsvConnector(MAVEN, mapping=MAVEN_MAPPING).load()
-    changes = defaultdict(list)
-    for change in imported.changes:
-        changes[change.opportunity_id].append(change)
-    histories = [DealHistory(deal=o, changes=tuple(changes[o.id])) for o in imported.opportunities]
+    histories = histories_of(imported.opportunities, imported.changes)
     stages = stage_index(imported.pipelines)
     config = ForecastConfig(reporting_currency="USD", run_rate_quarters=1)
     probs = InQuarterRates(histories, stages, CAL, quarters=1)

@@ -11,14 +11,13 @@
 
 from __future__ import annotations
 
-import collections
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cockpit.models import DealHistory, FiscalCalendar, snapshot_of
+from cockpit.models import DealHistory, FiscalCalendar, histories_of, snapshot_of
 from cockpit.scoring import ScoringConfig, train
 from cockpit.scoring.baselines import CRM, STAGE_RATE
 from cockpit.scoring.metrics import roc_auc
@@ -30,20 +29,8 @@ DEMO_AS_OF = date(2026, 3, 31)
 
 
 def _histories(opportunities, changes, activities) -> list[DealHistory]:
-    rows = collections.defaultdict(list)
-    for change in changes:
-        rows[change.opportunity_id].append(change)
-    acts = collections.defaultdict(list)
-    for activity in activities:
-        acts[activity.opportunity_id].append(activity.on)
-    return [
-        DealHistory(
-            deal=o,
-            changes=tuple(sorted(rows[o.id], key=lambda c: c.changed_at)),
-            activities=tuple(sorted(acts[o.id])),
-        )
-        for o in opportunities
-    ]
+    """Each deal's rows oldest first (a stable sort keeps same-instant rows in their order)."""
+    return histories_of(opportunities, sorted(changes, key=lambda c: c.changed_at), activities)
 
 
 # --------------------------------------------------------------------------------------------------

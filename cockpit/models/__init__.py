@@ -13,7 +13,7 @@ from cockpit.models.opportunity import (
 from cockpit.models.owner import OrgTree, Owner
 from cockpit.models.pipeline import ForecastCategory, Pipeline, Stage
 from cockpit.models.score import DealScore, Reason
-from cockpit.models.snapshot import DealHistory, DealSnapshot, end_of_day, snapshot_of
+from cockpit.models.snapshot import DealHistory, DealSnapshot, end_of_day, histories_of, snapshot_of
 from cockpit.models.sync import SyncBatch, SyncProgress
 
 __all__ = [
@@ -38,5 +38,6 @@ __all__ = [
     "SyncProgress",
     "complete_history",
     "end_of_day",
+    "histories_of",
     "snapshot_of",
 ]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta, timezone
 
 from pydantic import BaseModel, ConfigDict
 
-from cockpit.models.opportunity import Opportunity, StageChange
+from cockpit.models.opportunity import Activity, Opportunity, StageChange, complete_history
 from cockpit.models.pipeline import Stage
 
 
@@ -38,6 +39,32 @@ class DealHistory(BaseModel):
     """Complete snapshot rows, oldest first (see `complete_history`)."""
     activities: tuple[date, ...] = ()
     """Dates of logged activities, oldest first."""
+
+
+def histories_of(
+    opportunities: Iterable[Opportunity],
+    changes: Iterable[StageChange],
+    activities: Iterable[Activity] = (),
+    *,
+    complete: bool = False,
+) -> list[DealHistory]:
+    """Each opportunity with its history rows (in the order given) and its activity dates (sorted):
+    a connector's rows grouped as the store returns them. `complete` forward-fills each history
+    with `complete_history`, as the store does when it writes."""
+    rows: dict[str, list[StageChange]] = defaultdict(list)
+    for change in changes:
+        rows[change.opportunity_id].append(change)
+    days: dict[str, list[date]] = defaultdict(list)
+    for activity in activities:
+        days[activity.opportunity_id].append(activity.on)
+    return [
+        DealHistory(
+            deal=opp,
+            changes=tuple(complete_history(opp, rows[opp.id]) if complete else rows[opp.id]),
+            activities=tuple(sorted(days[opp.id])),
+        )
+        for opp in opportunities
+    ]
 
 
 def end_of_day(day: date) -> datetime:
