@@ -79,18 +79,6 @@ class BacktestRun:
 
 
 @dataclass(frozen=True)
-class ModelStatus:
-    """The win model in use, as recorded in the store."""
-
-    version: str | None
-    chosen: str | None
-    """"model", or the baseline used instead when the model did not beat it."""
-    why: str | None
-    scored: int
-    trained_at: str | None = None
-
-
-@dataclass(frozen=True)
 class DealFilter:
     """Which deals a listing shows."""
 
@@ -966,7 +954,8 @@ class CockpitService:
         with self.store() as store:
             store.record_model_run(result.model.version, report.chosen, report.to_dict())
         say("Scoring open deals", 0.9)
-        scored = self._score_open(result.model, histories, owners)
+        # the model was trained on these closed deals today: its past win rates are current
+        scored = self._score_open(result.model, histories, owners, refresh_rates=False)
         say("Done", 1.0)
         log.info("trained %s on %d closed deals; scored %d open deals", result.model.version, report.closed_deals, scored)
         return ModelRun(result.model.version, report, scored, time.perf_counter() - started, retrained=True)
@@ -1024,18 +1013,6 @@ class CockpitService:
         """Stored scores (all, or of these deals)."""
         with self.store(create=False) as store:
             return store.scores(ids)
-
-    def model_status(self) -> ModelStatus:
-        """What the cockpit knows about its win model, for the screens (no scikit-learn import)."""
-        with self.store(create=False) as store:
-            run = store.latest_model_run()
-            scored = store.score_count()
-        if run is None:
-            return ModelStatus(None, None, None, scored)
-        report = run["report"]
-        won = report.get("targets", {}).get("won", {})
-        return ModelStatus(run["version"], run["chosen"], won.get("why") or report.get("why"), scored,
-                           trained_at=run["created_at"])
 
     def load_model(self, *, quiet: bool = False) -> Any:
         """The trained win model in the data dir (cached), or None when there is none and `quiet`."""

@@ -54,6 +54,12 @@ def cli(capsys, data_dir, *args):
     return run_cli(capsys, "--data-dir", str(data_dir), "--as-of", AS_OF, *args)
 
 
+def model_version(data_dir) -> str:
+    """The version of the latest training run recorded in the store."""
+    with Store.open(data_dir / "cockpit.db") as store:
+        return store.latest_model_run()["version"]
+
+
 def test_first_sync_trains_and_scores_every_open_deal(demo_dir):
     assert (demo_dir / "model.npz").is_file()
     with Store.open(demo_dir / "cockpit.db") as store:
@@ -65,7 +71,7 @@ def test_first_sync_trains_and_scores_every_open_deal(demo_dir):
 
 
 def test_sync_keeps_the_model_until_outcomes_change(store_dir, capsys):
-    version = CockpitService(Settings(), store_dir).model_status().version
+    version = model_version(store_dir)
     code, out, _ = cli(capsys, store_dir, "sync", "--demo-size", SIZE)
     assert code == 0
     assert f"win model {version}" in out and "retrained" not in out
@@ -73,7 +79,7 @@ def test_sync_keeps_the_model_until_outcomes_change(store_dir, capsys):
     code, out, _ = run_cli(capsys, "--data-dir", str(store_dir), "--as-of", "2026-10-24", "sync", "--demo-size", SIZE)
     assert code == 0
     assert "retrained the win model" in out
-    assert CockpitService(Settings(), store_dir).model_status().version != version
+    assert model_version(store_dir) != version
 
 
 def test_train_json_reports_model_and_both_baselines(store_dir, capsys):

@@ -323,9 +323,6 @@ class Store:
     def is_empty(self) -> bool:
         return self.conn.execute("SELECT NOT EXISTS (SELECT 1 FROM opportunity)").fetchone()[0] == 1
 
-    def score_count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM score").fetchone()[0])
-
     def counts(self) -> dict[str, int]:
         out = {}
         for table in ("pipeline", "stage", "owner", "opportunity", "stage_change", "activity", "score", "submission"):
