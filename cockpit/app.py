@@ -84,6 +84,7 @@ class CockpitApp(App[None]):
     def prepare_store(self) -> None:
         """On an empty store, sync the configured connector (the demo by default) with progress, then
         train the win model; the screens show the deals as soon as the sync is done."""
+        dialog: ProgressScreen | None = None
         try:
             if not self.service.store_is_empty():
                 return
@@ -95,6 +96,10 @@ class CockpitApp(App[None]):
                 self.call_from_thread(dialog.progress, p.records, p.total, p.message)
 
             asyncio.run(self.service.sync(connector, progress=report))
+        except BaseException:
+            if dialog is not None:  # the failure is notified; what was synced stays on screen
+                self.call_from_thread(dialog.action_dismiss)
+            raise
         finally:
             self.store_ready.set()
         self.call_from_thread(dialog.retitle, "First run: training the win model on the closed deals")
@@ -120,7 +125,7 @@ class CockpitApp(App[None]):
         finally:
             self.call_from_thread(dialog.action_dismiss)
         how = run.report.why if run.report is not None else f"model {run.version}"
-        self.call_from_thread(self.notify, f"{how}", title=f"Scored {run.scored:,} open deals", timeout=8)
+        self.call_from_thread(self.notify, how, title=f"Scored {run.scored:,} open deals", timeout=8)
         self.call_from_thread(self.scores_updated, run.version)
 
     def scores_updated(self, version: str) -> None:

@@ -97,3 +97,24 @@ async def test_retrain_key_rescores_and_reloads_the_screen(isolated_dirs, monkey
         messages = [message for _, _, message in reported]
         assert messages[0] == "Reading deal histories" and "Scoring open deals" in messages
         assert [done for done, _, _ in reported] == sorted(done for done, _, _ in reported)
+
+
+async def test_a_failed_first_sync_closes_its_dialog_and_says_why(isolated_dirs):
+    from connectors import ConnectorError
+
+    service = demo_service()
+
+    async def unreachable(connector, **kwargs):
+        with service.store():  # a real sync opens (creates) the store before the first request
+            pass
+        raise ConnectorError("CRM unreachable", "connection refused by crm.example.com; check the address")
+
+    service.sync = unreachable
+    app = build_app(service, service.settings)
+    seen = []
+    async with app.run_test(size=(100, 30), message_hook=seen.append) as pilot:
+        await settle(app, pilot)
+        await settle(app, pilot)
+        assert isinstance(app.screen, ForecastScreen)
+        errors = [m.notification for m in seen if isinstance(m, Notify) and m.notification.severity == "error"]
+        assert [e.title for e in errors] == ["CRM unreachable"]
