@@ -302,7 +302,7 @@ def cmd_submissions(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(args, settings)
     quarter = _quarter(service, args.quarter).label if args.quarter else None
     scope = _scope(service, args.scope) if args.scope else None
-    with service.store() as store:
+    with service.store(create=False) as store:
         subs = list_submissions(store.conn, quarter, scope)
     if args.json:
         _dump([{"id": s.id, "quarter": s.quarter, "scope": s.scope, "author": s.author, "created_at": s.created_at,
@@ -325,7 +325,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(args, settings)
     quarter = _quarter(service, args.quarter)
     scope = _scope(service, args.scope)
-    with service.store() as store:
+    with service.store(create=False) as store:
         if args.submission is not None:
             try:
                 submission = get_submission(store.conn, args.submission)

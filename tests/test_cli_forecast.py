@@ -221,3 +221,11 @@ def test_store_fingerprint_matches_the_models(demo_dir):
         from_sql = fingerprint_of(store.closed_deal_facts())
         from_histories = data_fingerprint(store.histories())
     assert from_sql == from_histories == load_model(demo_dir / "model.npz").fingerprint
+
+
+@pytest.mark.parametrize("command", [["submissions"], ["export", "--quarter", "current", "--format", "csv"]])
+def test_reading_commands_never_create_a_store(tmp_path, capsys, command):
+    missing = tmp_path / "typo"
+    code, _, err = run_cli(capsys, "--data-dir", str(missing), *command)
+    assert code == 1 and "run `cockpit sync` first" in err
+    assert not missing.exists()
