@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -802,7 +802,10 @@ class CockpitService:
         members = self.scope_members(tree, scope)
         wanted = past_quarters(self.calendar, today, quarters)
         stages = stage_index(pipelines)
-        rates = InQuarterRates(histories, stages, self.calendar, fx=config.fx(today))
+        @cache
+        def in_quarter_rates() -> InQuarterRates:  # built on first use: the model method may never need it
+            return InQuarterRates(histories, stages, self.calendar, fx=config.fx(today))
+
         by_id = {h.deal.id: h for h in histories}
         used: dict[str, str] = {}
         models: dict[str, Any] = {}
@@ -830,7 +833,7 @@ class CockpitService:
             model = model_for(quarter) if method == "model" else None
             if model is None:
                 used.setdefault(quarter.label, "rates")
-                return rates(on, snaps)
+                return in_quarter_rates()(on, snaps)
             scores = model.score([by_id[s.deal.id] for s in snaps if not s.deal.is_closed], on, reasons=False)
             return {sc.opportunity_id: sc.p_in_quarter for sc in scores}
 
