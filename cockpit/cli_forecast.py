@@ -76,12 +76,17 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
 
     service = _service(args, settings)
     _require_store(service)
+    if args.limit is not None and args.limit < 1:
+        raise UsageProblem(f"--limit {args.limit} must be 1 or more")
+    quarter = _quarter(service, args.quarter)
     try:
         run = service.score()
     except ScoringError as exc:
         return fail(exc.title, exc.message)
-    quarter = _quarter(service, args.quarter)
-    rows = service.deals(DealFilter(quarter=quarter, owner=args.owner))
+    try:
+        rows = service.deals(DealFilter(quarter=quarter, owner=args.owner))
+    except KeyError as exc:
+        raise UsageProblem(exc.args[0]) from None
     with service.store(create=False) as store:
         scores = store.scores([r.deal.id for r in rows])
         stages = store.stages()

@@ -229,3 +229,16 @@ def test_reading_commands_never_create_a_store(tmp_path, capsys, command):
     code, _, err = run_cli(capsys, "--data-dir", str(missing), *command)
     assert code == 1 and "run `cockpit sync` first" in err
     assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["score", "--owner", "nobody-here"], "no owner matches 'nobody-here'"),
+        (["score", "--limit", "0"], "--limit 0 must be 1 or more"),
+        (["score", "--quarter", "FY20x"], "FY20x"),
+    ],
+)
+def test_score_bad_input_is_one_sentence(demo_dir, capsys, args, needle):
+    code, _, err = cli(capsys, demo_dir, *args)
+    assert code == 2 and needle in err and "Traceback" not in err
