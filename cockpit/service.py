@@ -760,7 +760,7 @@ class CockpitService:
             members = self.scope_members(tree, scope)
             snaps = store.snapshot(as_of, owner_ids=members)
             stages = store.stages()
-            histories = {h.deal.id: h for h in store.histories(closed=False)}
+            histories = {h.deal.id: h for h in store.histories(ids=[s.deal.id for s in snaps])}
             medians = self.stage_medians(store, as_of)
         flagged = flag_deals(snaps, as_of, stages=stages, config=self.forecast_config, medians=medians,
                              histories=histories)
