@@ -26,11 +26,8 @@ class CockpitScreen(Screen[None]):
         """A worker of this screen failed (the app has notified); screens replace a "Loading…" line here."""
 
     @on(ScoresUpdated)
-    def reload_scores(self) -> None:
-        self._catch_up()
-
     @on(events.ScreenResume)
-    def _catch_up(self) -> None:
+    def catch_up_on_scores(self) -> None:
         version = getattr(self.app, "scores_version", 0)
         if version != self.scores_seen:
             self.scores_seen = version
