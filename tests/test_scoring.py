@@ -343,6 +343,32 @@ def test_a_deal_without_any_date_still_gets_features_from_what_it_has():
     assert math.isnan(f["deal_age"]) and math.isnan(f["days_in_stage"])
 
 
+def test_gaps_and_unknown_stages_read_the_same_alone_or_among_other_deals(histories):
+    """Missing amounts and close dates, a stage the pipeline does not know, and a deal without any
+    history: flattening them together with complete deals gives each its features from alone."""
+    start = date(2024, 2, 5)
+    deal = Opportunity(id="G", owner_id="ann", pipeline_id="sales", stage_id="propose", amount=Decimal(500))
+    rows = (
+        StageChange(opportunity_id="G", changed_at=_at(start), stage_id="qualify"),
+        StageChange(opportunity_id="G", changed_at=_at(start + timedelta(days=3)), stage_id="legacy",
+                    amount=Decimal(400), close_date=start + timedelta(days=60)),
+        StageChange(opportunity_id="G", changed_at=_at(start + timedelta(days=9)), stage_id="propose",
+                    amount=Decimal(500)),
+    )
+    gappy = DealHistory(deal=deal, changes=rows, activities=(start + timedelta(days=4),))
+    undated = DealHistory(deal=deal.model_copy(update={"id": "U", "amount": None}), changes=())
+    ctx = make_context([PIPELINE], OWNERS, CALENDAR)
+    mixed = [histories[0], gappy, histories[1], undated, histories[2]]
+    flat = flatten(mixed, ctx.stages, ctx.attributes)
+    for day in (start + timedelta(days=1), start + timedelta(days=5), start + timedelta(days=20)):
+        frame = build_frame(flat, np.array([1, 3]), np.full(2, day.toordinal()), ctx)
+        assert _same(frame.row_dict(0), features_at(gappy, day, ctx))
+        assert _same(frame.row_dict(1), features_at(undated, day, ctx))
+    f = features_at(gappy, start + timedelta(days=5), ctx)
+    assert f["amount"] == 400 and f["days_to_close"] == 55 and math.isnan(f["stage_order"])
+    assert math.isnan(features_at(undated, start, ctx)["amount"])
+
+
 # --------------------------------------------------------------------------------------------------
 # Examples
 # --------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ push count and the days pushed), and an admin can switch off a feature or a whol
 from __future__ import annotations
 
 import math
+from itertools import chain, repeat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -27,7 +28,7 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from cockpit.models import DealHistory, FiscalCalendar, ForecastCategory, Owner, Pipeline
+from cockpit.models import DealHistory, FiscalCalendar, ForecastCategory, Opportunity, Owner, Pipeline
 
 Kind = Literal["num", "cat"]
 
@@ -311,11 +312,46 @@ def _shift(values: np.ndarray, fill: float) -> np.ndarray:
     )
 
 
-def _day_or_nan(moment: datetime | None) -> float:
-    return math.nan if moment is None else float(int(moment.timestamp() // 86400) + _EPOCH)
+_CATEGORY_CODE: dict[object, int] = {c: i for i, c in enumerate(ForecastCategory)}
 
 
-def _encode(values: list[str | None]) -> tuple[np.ndarray, list[str]]:
+def _undated_row(deal: Opportunity) -> _UndatedRow:
+    return _UndatedRow(_UNDATED_MOMENT, deal.stage_id, deal.amount, deal.close_date, deal.forecast_category)
+
+
+class _Codes(dict):
+    """Stage id -> code; an id not seen before gets the next free code (so changes still show)."""
+
+    def __missing__(self, key: str) -> int:
+        code = self[key] = len(self)
+        return code
+
+
+def _ordinals(days: Sequence[date | None]) -> np.ndarray:
+    """Day ordinals as floats, NaN for a missing date."""
+    if None not in days:
+        return np.fromiter(map(date.toordinal, days), dtype=np.float64, count=len(days))
+    return np.array([math.nan if d is None else d.toordinal() for d in days], dtype=np.float64)
+
+
+def _floats(values: Sequence[object]) -> np.ndarray:
+    """Numbers (Decimal, int, float) as floats, NaN for a missing one."""
+    try:
+        return np.fromiter(map(float, values), dtype=np.float64, count=len(values))  # type: ignore[arg-type]
+    except TypeError:  # a None among them
+        return np.array([math.nan if v is None else float(v) for v in values], dtype=np.float64)  # type: ignore[arg-type]
+
+
+def _days(moments: Sequence[datetime | None]) -> np.ndarray:
+    """UTC day ordinals of moments as floats, NaN for a missing one."""
+    if None in moments:
+        seconds = np.array([math.nan if t is None else t.timestamp() for t in moments], dtype=np.float64)
+    else:
+        seconds = np.fromiter(map(datetime.timestamp, moments), dtype=np.float64, count=len(moments))
+    return np.floor(seconds / 86400.0) + _EPOCH
+
+
+def _encode(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
     """Codes (in order of first appearance, -1 for missing/blank) and the strings behind them."""
     vocab: dict[str, int] = {}
     codes = [vocab.setdefault(v, len(vocab)) if v else -1 for v in values]
@@ -327,69 +363,64 @@ def flatten(histories: Sequence[DealHistory], stages: StageTable, attributes: Ma
 
     Row i holds the deal's state right after its i-th history row, with running counts (stage changes,
     backward moves, close-date pushes, amount changes) and the day the current stage was entered,
-    following the rules of `cockpit.models.snapshot_of`. Fields are read with one comprehension each
-    and the running counts are computed per deal with numpy: this touches every row of every deal.
+    following the rules of `cockpit.models.snapshot_of`. This touches every row of every deal, so the
+    fields are read in one C-level pass (`attrgetter` over all rows, then `zip`) and converted with
+    `map` over C callables where no value is missing; the running counts are computed with numpy.
     """
     nan = math.nan
     deals = [h.deal for h in histories]
     n = len(deals)
-    rows: list = [
-        r
-        for h in histories
-        for r in (
-            h.changes
-            or (
-                _UndatedRow(
-                    _UNDATED_MOMENT,
-                    h.deal.stage_id,
-                    h.deal.amount,
-                    h.deal.close_date,
-                    h.deal.forecast_category,
-                ),
-            )
-        )
-    ]
-    counts = np.array([len(h.changes) or 1 for h in histories], dtype=np.int64)
+    changes = [h.changes for h in histories]
+    counts = np.fromiter(map(len, changes), dtype=np.int64, count=n)
+    undated = counts == 0
+    if undated.any():
+        changes = [c or (_undated_row(d),) for c, d in zip(changes, deals, strict=True)]
+        counts = np.maximum(counts, 1)
+    rows: list = list(chain.from_iterable(changes))
+    m = len(rows)
     row_start = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     row_deal = np.repeat(np.arange(n, dtype=np.int64), counts)
-    ts = np.array([r.changed_at.timestamp() for r in rows], dtype=np.float64)
-    if len(ts) > 1 and np.any((np.diff(ts) < 0) & (row_deal[1:] == row_deal[:-1])):
-        order = np.lexsort((ts, row_deal))  # a history not oldest-first: sort it (stable)
-        rows = [rows[i] for i in order.tolist()]
-        ts = ts[order]
-    day = (np.floor(ts / 86400.0) + _EPOCH).astype(np.int64)
-    ids: dict[str, int] = dict(stages.code_map())
+    ts = np.fromiter(map(datetime.timestamp, [r.changed_at for r in rows]), dtype=np.float64, count=m)
+    ids = _Codes(stages.code_map())
     n_known = len(ids)
-    sid = np.array([ids.setdefault(r.stage_id, len(ids)) for r in rows], dtype=np.int64)
-    stage = np.where(sid < n_known, sid, -1)
-    close = np.array(
-        [c.toordinal() if (c := r.close_date) is not None else nan for r in rows], dtype=np.float64
+    sid = np.fromiter(map(ids.__getitem__, [r.stage_id for r in rows]), dtype=np.int64, count=m)
+    close = _ordinals([r.close_date for r in rows])
+    amount = _floats([r.amount for r in rows])
+    category = np.fromiter(
+        map(_CATEGORY_CODE.get, [r.forecast_category for r in rows], repeat(-1)), dtype=np.int64, count=m
     )
-    amount = np.array([float(a) if (a := r.amount) is not None else nan for r in rows], dtype=np.float64)
-    cat_code: dict[object, int] = {c: i for i, c in enumerate(ForecastCategory)}
-    category = np.array([cat_code.get(r.forecast_category, -1) for r in rows], dtype=np.int64)
+    if m > 1 and np.any((np.diff(ts) < 0) & (row_deal[1:] == row_deal[:-1])):
+        order = np.lexsort((ts, row_deal))  # a history not oldest-first: sort it (stable)
+        ts, sid, close, amount, category = ts[order], sid[order], close[order], amount[order], category[order]
+    day = (np.floor(ts / 86400.0) + _EPOCH).astype(np.int64)
+    stage = np.where(sid < n_known, sid, -1)
 
-    first_row = np.zeros(len(rows), dtype=bool)
+    first_row = np.zeros(m, dtype=bool)
     first_row[row_start[:-1][counts > 0]] = True
     same = ~first_row
     changed = same & (sid != _shift(sid, -1))
     stage_order = np.where(stage >= 0, stages.order[np.where(stage >= 0, stage, 0)], nan)
     backward = changed & (stage_order < _shift(stage_order, nan))
-    spell = np.where(first_row | changed, np.arange(len(rows)), 0)
-    entered = day[np.maximum.accumulate(spell)].astype(np.float64) if len(rows) else day.astype(np.float64)
+    spell = np.where(first_row | changed, np.arange(m), 0)
+    entered = day[np.maximum.accumulate(spell)].astype(np.float64) if m else day.astype(np.float64)
     prev_close = _shift(close, nan)
     pushed = same & (close > prev_close)
     prev_amount = _shift(amount, nan)
     amount_changed = same & (amount != prev_amount) & ~(np.isnan(amount) & np.isnan(prev_amount))
 
-    undated = np.array([not h.changes for h in histories], dtype=bool)
-    created = np.array([_day_or_nan(d.created_at) for d in deals], dtype=np.float64)
+    created = _days([d.created_at for d in deals])
     first_day = np.fmin(day[row_start[:-1]].astype(np.float64), created) if n else np.zeros(0)
     first_day = np.where(undated, nan, first_day)
     entered = np.where(undated[row_deal], nan, entered)
-    act_days = [(i << _SHIFT) + a.toordinal() for i, h in enumerate(histories) for a in h.activities]
-    act_start = np.concatenate(([0], np.cumsum([len(h.activities) for h in histories]))).astype(np.int64)
-    closed_day = [_day_or_nan(d.closed_at) if d.is_closed else nan for d in deals]
+    closed_day = np.where(
+        np.fromiter([d.is_closed for d in deals], dtype=bool, count=n), _days([d.closed_at for d in deals]), nan
+    )
+    activities = [h.activities for h in histories]
+    act_counts = np.fromiter(map(len, activities), dtype=np.int64, count=n)
+    act_start = np.concatenate(([0], np.cumsum(act_counts))).astype(np.int64)
+    act_ordinals = np.fromiter(
+        map(date.toordinal, chain.from_iterable(activities)), dtype=np.int64, count=int(act_start[-1])
+    )
     statics = {
         "lead_source": _encode([d.lead_source for d in deals]),
         "type": _encode([d.type for d in deals]),
@@ -409,7 +440,7 @@ def flatten(histories: Sequence[DealHistory], stages: StageTable, attributes: Ma
             else:
                 attr_cat[k] = _encode([None if v is None else str(v) for v in values])
 
-    act_key = np.array(act_days, dtype=np.int64)
+    act_key = (np.repeat(np.arange(n, dtype=np.int64), act_counts) << _SHIFT) + act_ordinals
     # Activities of one deal may come unsorted; sort within each deal (keys embed the deal index).
     act_key.sort()
     return Flat(
@@ -434,8 +465,8 @@ def flatten(histories: Sequence[DealHistory], stages: StageTable, attributes: Ma
         act_day=act_key & ((1 << _SHIFT) - 1),
         owner_ids=[d.owner_id for d in deals],
         deal_ids=[d.id for d in deals],
-        deal_closed_day=np.array(closed_day, dtype=np.float64),
-        deal_won=np.array([d.is_won for d in deals], dtype=bool),
+        deal_closed_day=closed_day,
+        deal_won=np.fromiter([d.is_won for d in deals], dtype=bool, count=n),
         statics=statics,
         attr_num={k: np.array(v, dtype=np.float64) for k, v in attr_num.items()},
         attr_cat=attr_cat,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import math
+from itertools import islice
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -315,24 +316,29 @@ class ScoringModel:
         keep = np.cumprod(keep, axis=0).astype(bool)
         insufficient = tm.insufficient(frame.stage)
         keep[:, insufficient] = False
-        texts = _group_texts(self, named, order, keep, frame, X, ctx, owner_ids, names)
+        # Every kept (deal, rank) as one integer key of (group, text, points in tenths), deal by deal
+        # in rank order; equal keys are one frozen Reason (many deals share "close date never pushed").
+        deal, rank = np.nonzero(keep.T)
+        group = order[rank, deal]
+        tenths = np.rint(top[rank, deal] * 10.0).astype(np.int64)
+        codes, texts = _group_texts(self, named, group, deal, frame, X, ctx, owner_ids, names)
+        width = max((len(t) for t in texts), default=0) + 1
+        key = (tenths - tenths.min(initial=0)) * (width * len(named)) + codes[group, deal] * len(named) + group
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        make = fast_constructor(Reason)
         features = [self.encoder.specs[cols[0]].name for _, cols in named]
-        make = _shared(fast_constructor(Reason))
-        thin = self._thin_reasons(tm, frame.stage, insufficient, ctx)
-        counts = keep.sum(axis=0).tolist()
-        order_rows = order.T.tolist()
-        point_rows = np.round(top, 1).T.tolist()
-        out: list[tuple[Reason, ...]] = []
-        for k in range(n):
-            c = counts[k]
-            if not c:
-                out.append(thin.get(k, ()))
-                continue
-            pts = point_rows[k]
-            out.append(
-                tuple([make(features[g], texts[g][k], pts[r]) for r, g in enumerate(order_rows[k][:c])])
+        made = [
+            make({"feature": features[g], "text": texts[g][c], "points": t / 10.0})
+            for g, c, t in zip(
+                group[first].tolist(), codes[group[first], deal[first]].tolist(), tenths[first].tolist(),
+                strict=True,
             )
-        return out
+        ]
+        reasons = iter([made[i] for i in np.ravel(inverse).tolist()])
+        thin = self._thin_reasons(tm, frame.stage, insufficient, ctx)
+        return [
+            tuple(islice(reasons, c)) if c else thin.get(k, ()) for k, c in enumerate(keep.sum(axis=0).tolist())
+        ]
 
     def _thin_reasons(
         self, tm: TargetModel, stage: np.ndarray, insufficient: np.ndarray, ctx: FeatureContext
@@ -386,20 +392,6 @@ class ScoringModel:
         return [made[i] for i in np.ravel(inverse).tolist()]
 
 
-def _shared(construct: Callable[[dict[str, Any]], Reason]) -> Callable[[str, str | None, float], Reason]:
-    """Reasons are frozen, so equal ones can be one object (many deals share "close date never pushed")."""
-    made: dict[tuple[str, str | None, float], Reason] = {}
-
-    def make(feature: str, text: str | None, points: float) -> Reason:
-        key = (feature, text, points)
-        hit = made.get(key)
-        if hit is None:
-            hit = made[key] = construct({"feature": feature, "text": text, "points": points})
-        return hit
-
-    return make
-
-
 def _deals(n: int) -> str:
     return f"{n} deal" + ("" if n == 1 else "s")
 
@@ -407,41 +399,41 @@ def _deals(n: int) -> str:
 def _group_texts(
     model: ScoringModel,
     named: list[tuple[str, np.ndarray]],
-    order: np.ndarray,
-    keep: np.ndarray,
+    group: np.ndarray,
+    deal: np.ndarray,
     frame: FeatureFrame,
     X: np.ndarray,
     ctx: FeatureContext,
     owner_ids: list[str],
     names: dict[str, str],
-) -> list[list[str | None]]:
-    """Per reason group, the text of each row that shows that reason (None elsewhere).
+) -> tuple[np.ndarray, list[list[str]]]:
+    """The text of each reason shown: (codes, texts), where deal d's reason of group g reads
+    `texts[g][codes[g, d]]` for each (g, d) in zip(`group`, `deal`).
 
-    Each distinct combination of values is described once: most deals share them.
+    Each distinct combination of a group's values is described once: most deals share them.
     """
     n = len(frame.day)
     owners = sorted(set(owner_ids))
     owner_index = {o: i for i, o in enumerate(owners)}
     owner_code = np.array([owner_index[o] for o in owner_ids], dtype=np.float64)
-    out: list[list[str | None]] = []
-    for g, (group, cols) in enumerate(named):
-        rows = np.flatnonzero(((order == g) & keep).any(axis=0))
+    codes = np.zeros((len(named), n), dtype=np.int64)
+    texts: list[list[str]] = []
+    for g, (name, cols) in enumerate(named):
+        rows = np.unique(deal[group == g])
         if not len(rows):
-            out.append([])
+            texts.append([])
             continue
         keys = X[np.ix_(rows, cols)]
-        if group == "stage_time":
+        if name == "stage_time":
             keys = np.column_stack([keys, frame.stage[rows]])
-        elif group in ("owner", "team"):
+        elif name in ("owner", "team"):
             keys = np.column_stack([keys, owner_code[rows]])
         first, inverse = _distinct_rows(keys)
-        texts = [
-            _describe_row(model, ctx, group, cols, values, owners, names) for values in keys[first].tolist()
-        ]
-        column = np.full(n, None, dtype=object)
-        column[rows] = np.array(texts, dtype=object)[inverse]
-        out.append(column.tolist())
-    return out
+        texts.append(
+            [_describe_row(model, ctx, name, cols, values, owners, names) for values in keys[first].tolist()]
+        )
+        codes[g, rows] = inverse
+    return codes, texts
 
 
 def _distinct_rows(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
