@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from cockpit.models import DealHistory, SyncBatch, complete_history, snapshot_of
 from cockpit.store import Store, StoreError
 from cockpit.store.schema import APPLICATION_ID, SCHEMA_VERSION
-from tests.factories import OWNERS, PIPELINE, random_history, small_batch
+from tests.factories import OPEN_STAGES, OWNERS, PIPELINE, deal_with_history, random_history, small_batch
 
 
 @pytest.fixture
@@ -153,20 +153,41 @@ moves = st.lists(
 )
 
 
+def wandering_history(deal_id: str, start: date, moves: list[tuple[int, int, int, int]]):
+    """Like `random_history`, but a deal may be reopened after it closed, and closed again."""
+    stages = [*OPEN_STAGES, "won", "lost"]
+    steps, day = [], start
+    for gap, stage_index, amount_k, close_offset in moves:
+        day = day + timedelta(days=gap)
+        stage = stages[stage_index % len(stages)]
+        close = day if stage in {"won", "lost"} else max(start, day + timedelta(days=close_offset))
+        steps.append((day, stage, Decimal(amount_k * 1000), close))
+    return deal_with_history(deal_id, steps)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(deals=st.lists(moves, min_size=1, max_size=8), probe=st.integers(-10, 400))
-def test_snapshot_equals_brute_force_replay(tmp_path_factory, deals, probe):
-    """The SQL reconstruction equals replaying each history in Python, on any date."""
+@given(deals=st.lists(moves, min_size=1, max_size=8), probe=st.integers(0, 10_000), shift=st.integers(-1, 1),
+       lookback=st.integers(0, 10_000), reopen=st.booleans())
+def test_snapshot_equals_brute_force_replay(tmp_path_factory, deals, probe, shift, lookback, reopen):
+    """The SQL reconstruction equals replaying each history in Python, on any date: every deal, the
+    open ones, and the open ones plus those closed since a day. Dates are drawn around the days
+    something happened, where an off-by-one in the reconstruction would show."""
     path = tmp_path_factory.mktemp("asof") / "cockpit.db"
     start = date(2025, 1, 1)
-    built = [random_history(f"x{i}", start + timedelta(days=3 * i), m) for i, m in enumerate(deals)]
+    make = wandering_history if reopen else random_history
+    built = [make(f"x{i}", start + timedelta(days=3 * i), m) for i, m in enumerate(deals)]
     batch = SyncBatch(pipelines=[PIPELINE], owners=OWNERS, opportunities=[o for o, _ in built],
                       changes=[c for _, cs in built for c in cs])
     stages = {s.id: s for s in PIPELINE.stages}
-    as_of = start + timedelta(days=probe)
+    days = sorted({c.changed_at.date() for _, cs in built for c in cs})
+    as_of = days[probe % len(days)] + timedelta(days=shift)
+    since = days[lookback % len(days)]
     with Store.open(path) as store:
         load(store, batch)
         got = {s.deal.id: s for s in store.snapshot(as_of, open_only=False)}
+        open_ids = {s.deal.id for s in store.snapshot(as_of)}
+        recent_ids = {s.deal.id for s in store.snapshot(as_of, closed_from=since)}
+    expected_open, expected_recent = set(), set()
     for opp, changes in built:
         ref = snapshot_of(DealHistory(deal=opp, changes=tuple(complete_history(opp, changes))), as_of, stages)
         if ref is None:
@@ -176,6 +197,39 @@ def test_snapshot_equals_brute_force_replay(tmp_path_factory, deals, probe):
         assert mine.deal.model_dump() == ref.deal.model_dump()
         assert (mine.stage_entered_at, mine.stage_changes, mine.close_date_pushes) == (
             ref.stage_entered_at, ref.stage_changes, ref.close_date_pushes)
+        if not ref.deal.is_closed:
+            expected_open.add(opp.id)
+        if not ref.deal.is_closed or ref.stage_entered_at.date() >= since:
+            expected_recent.add(opp.id)
+    assert open_ids == expected_open
+    assert recent_ids == expected_recent
+
+
+def test_a_stage_that_stops_being_closed_brings_its_deals_back_into_the_pipeline(store):
+    load(store, small_batch())
+    assert "b" not in {s.deal.id for s in store.snapshot(date(2026, 8, 25))}  # won on 8-20
+    reopened = PIPELINE.model_copy(update={"stages": tuple(
+        s.model_copy(update={"is_closed": False, "is_won": False}) if s.id == "won" else s for s in PIPELINE.stages
+    )})
+    load(store, SyncBatch(pipelines=[reopened], owners=OWNERS))
+    assert "b" in {s.deal.id for s in store.snapshot(date(2026, 8, 25))}
+
+
+def test_migration_from_version_2_fills_the_lifespans_of_existing_deals(tmp_path):
+    """A version-2 store (no first_at / closed_since yet) answers as-of queries right after migrating."""
+    path = tmp_path / "cockpit.db"
+    with Store.open(path) as store:
+        load(store, small_batch())
+        expected = [s.deal.id for s in store.snapshot(date(2026, 10, 10))]
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("ALTER TABLE opportunity DROP COLUMN first_at")
+    conn.execute("ALTER TABLE opportunity DROP COLUMN closed_since")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    with Store.open(path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert [s.deal.id for s in store.snapshot(date(2026, 10, 10))] == expected == ["a", "c", "d"]
+        assert store.conn.execute("SELECT count(*) FROM opportunity WHERE first_at IS NULL").fetchone()[0] == 0
 
 
 def test_migration_from_version_1_keeps_data(tmp_path):

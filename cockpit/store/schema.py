@@ -8,6 +8,16 @@ from __future__ import annotations
 
 APPLICATION_ID = 0x44434B50  # "DCKP": marks a SQLite file as a cockpit store
 
+LIFESPAN_COLUMNS = """
+    first_at = (SELECT h.changed_at FROM stage_change h WHERE h.opportunity_id = opportunity.id AND h.seq = 0),
+    closed_since = (
+        SELECT CASE WHEN s.is_closed THEN h.stage_entered_at END
+        FROM stage_change h JOIN stage s ON s.id = h.stage_id
+        WHERE h.opportunity_id = opportunity.id ORDER BY h.seq DESC LIMIT 1)
+"""
+"""SET clause of an opportunity's `first_at` (its first history row) and `closed_since` (when it
+entered the closed stage its last history row is in; NULL while that stage is open)."""
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the CRM mirror, sync runs, scores, model runs, submissions and drafts
     """
@@ -137,6 +147,14 @@ MIGRATIONS: tuple[str, ...] = (
         scope TEXT NOT NULL,
         report TEXT NOT NULL
     );
+    """,
+    # 3: when each deal's history starts and since when it has sat in its final closed stage, so
+    # that an as-of query skips deals that did not exist yet or were long closed (see
+    # `Store.snapshot`); kept by every sync (`Store._refresh_lifespans`)
+    f"""
+    ALTER TABLE opportunity ADD COLUMN first_at INTEGER;
+    ALTER TABLE opportunity ADD COLUMN closed_since INTEGER;
+    UPDATE opportunity SET {LIFESPAN_COLUMNS};
     """,
 )
 

@@ -32,7 +32,7 @@ from cockpit.models import (
     end_of_day,
 )
 from cockpit.models.trusted import construct_trusted as _build
-from cockpit.store.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from cockpit.store.schema import APPLICATION_ID, LIFESPAN_COLUMNS, MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ class Store:
         return row[0] if row else None
 
     def _write_pipelines(self, pipelines: Sequence[Pipeline]) -> None:
+        was_closed = dict(self.conn.execute("SELECT id, is_closed FROM stage").fetchall())
         for position, pipeline in enumerate(pipelines):
             self.conn.execute(
                 "INSERT INTO pipeline (id, name, position) VALUES (?, ?, ?) "
@@ -245,6 +246,10 @@ class Store:
                     for s in pipeline.stages
                 ],
             )
+        if any(
+            s.id in was_closed and bool(was_closed[s.id]) != s.is_closed for p in pipelines for s in p.stages
+        ):  # a stage changed between open and closed: every deal's closed_since may have changed
+            self.conn.execute(f"UPDATE opportunity SET {LIFESPAN_COLUMNS}")
 
     def _write_owners(self, owners: Sequence[Owner]) -> None:
         self.conn.executemany(
@@ -303,6 +308,10 @@ class Store:
             "INSERT INTO stage_change (opportunity_id, seq, changed_at, stage_id, amount, close_date, "
             "forecast_category, stage_entered_at, stage_changes, pushes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             history_rows,
+        )
+        self.conn.execute(
+            f"UPDATE opportunity SET {LIFESPAN_COLUMNS} WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps([o.id for o in batch.opportunities]),),
         )
         self.conn.executemany("DELETE FROM activity WHERE opportunity_id = ?", ids)
         if batch.activities:
@@ -382,13 +391,20 @@ class Store:
         window; `undated` keeps deals without any close date); open_only drops deals that were
         closed by then.
         """
-        where = []
-        params: dict[str, Any] = {"cut": to_us(end_of_day(as_of))}
+        cut = to_us(end_of_day(as_of))
+        where = ["o.first_at < :cut"]  # the deal existed by then (its first history row)
+        params: dict[str, Any] = {"cut": cut}
         if open_only and closed_from is not None:
             where.append("(s.is_closed = 0 OR h.stage_entered_at >= :closed_from)")
             params["closed_from"] = to_us(datetime.combine(closed_from, datetime.min.time(), tzinfo=timezone.utc))
+            params["settled"] = min(cut, params["closed_from"])
         elif open_only:
             where.append("s.is_closed = 0")
+            params["settled"] = cut
+        if open_only:
+            # A deal that entered its final closed stage before then was closed then (and, with
+            # closed_from, closed too early to count): skip it before looking up its history.
+            where.append("(o.closed_since IS NULL OR o.closed_since >= :settled)")
         window = []
         if close_from is not None:
             window.append("h.close_date >= :close_from")
@@ -420,15 +436,18 @@ class Store:
             where.append(f"o.owner_id IN ({', '.join(names)})" if names else "0")
         # CROSS JOIN keeps the opportunities as the outer loop: left to itself SQLite's planner scans
         # every history row and runs the per-deal subquery for each (1.3-2.1 s at 100,000 deals with
-        # 1 M history rows, 0.3 s this way).
+        # 1 M history rows, 0.3 s this way). The subquery seeks the (opportunity_id, changed_at)
+        # index to the deal's last row before the cut (rows are numbered in time order, so it is the
+        # highest seq among them); the first_at/closed_since filters above run before it.
         sql = f"""
             SELECT {', '.join('o.' + c.strip() for c in _OPP_COLUMNS.split(','))},
                    h.stage_id, h.amount, h.close_date, h.forecast_category, h.stage_entered_at,
                    h.stage_changes, h.pushes, s.is_closed, s.is_won
             FROM opportunity o
             CROSS JOIN stage_change h ON h.opportunity_id = o.id AND h.seq = (
-                SELECT max(h2.seq) FROM stage_change h2
-                WHERE h2.opportunity_id = o.id AND h2.changed_at < :cut)
+                SELECT h2.seq FROM stage_change h2
+                WHERE h2.opportunity_id = o.id AND h2.changed_at < :cut
+                ORDER BY h2.changed_at DESC, h2.seq DESC LIMIT 1)
             JOIN stage s ON s.id = h.stage_id
             WHERE {' AND '.join(where) if where else '1'}
             ORDER BY o.id
@@ -668,16 +687,20 @@ def _opp_row(o: Opportunity, now: int) -> tuple[Any, ...]:
     )
 
 
+_CATEGORY: dict[str | None, ForecastCategory] = {c.value: c for c in ForecastCategory}
+
+
 def _row_opportunity(r: Sequence[Any]) -> Opportunity:
     return _build(Opportunity, {
         "id": r[0], "name": r[1], "account": r[2], "owner_id": r[3], "pipeline_id": r[4], "stage_id": r[5],
         "amount": Decimal(r[6]), "currency": r[7], "close_date": _date(r[8]),
         "created_at": from_us(r[9]) if r[9] is not None else None,
         "modified_at": from_us(r[10]) if r[10] is not None else None,
-        "forecast_category": ForecastCategory(r[11]) if r[11] else None, "next_step": r[12],
+        "forecast_category": _CATEGORY.get(r[11]), "next_step": r[12],
         "next_step_date": _date(r[13]), "last_activity": _date(r[14]), "lead_source": r[15], "type": r[16],
         "is_closed": bool(r[17]), "is_won": bool(r[18]), "closed_at": from_us(r[19]) if r[19] is not None else None,
-        "probability": Decimal(r[20]) if r[20] is not None else None, "attributes": json.loads(r[21]),
+        "probability": Decimal(r[20]) if r[20] is not None else None,
+        "attributes": {} if r[21] == "{}" else json.loads(r[21]),
     })
 
 
