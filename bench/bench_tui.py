@@ -150,7 +150,8 @@ class Pty:
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], size: tuple[int, int] = SIZE) -> None:
         winsize = struct.pack("HHHH", size[1], size[0], 0, 0)
-        dropped = ("NO_COLOR", "COLUMNS", "LINES", "COLORTERM", "FORCE_COLOR")  # as over plain SSH
+        dropped = ("NO_COLOR", "COLUMNS", "LINES", "COLORTERM", "FORCE_COLOR",  # as over plain SSH
+                   "PYTHONDONTWRITEBYTECODE")  # an installed cockpit runs from byte code
         child_env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("TEXTUAL_")}
         child_env.update(env, TERM="xterm-256color")
         self.start = time.perf_counter()

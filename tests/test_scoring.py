@@ -495,6 +495,42 @@ def test_a_stage_with_few_deals_is_scored_with_its_historical_rate(histories):
     assert "insufficient history in Legal review" in score.reasons[0].text
 
 
+def test_calibration_corrects_a_score_that_is_off_by_weeks_left_and_deal_size():
+    """Scores right on average but too high late in the quarter and for big deals: the calibration's
+    context shift puts each situation right, and is left out where there is nothing to correct."""
+    from cockpit.scoring.estimators import ContextShift, FeatureSpec, fit_calibrator, sigmoid
+
+    rng = np.random.default_rng(4)
+    n = 40_000
+    specs = (
+        FeatureSpec("currency", "cat", "amount", ""),
+        FeatureSpec("amount", "num", "amount", ""),
+        FeatureSpec("days_left_in_quarter", "num", "calendar", ""),
+    )
+    currency = rng.integers(0, 2, n).astype(float)
+    amount = np.exp(rng.normal(10.0, 1.0, n) + 2.0 * currency)  # the second currency's numbers are ~7x
+    days_left = rng.integers(0, 91, n).astype(float)
+    X = np.column_stack([currency, amount, days_left])
+    raw = rng.normal(-1.0, 1.2, n)
+    size = np.log(amount) - (10.0 + 2.0 * currency)
+    truth = sigmoid(raw - 0.8 * (days_left < 14) - 0.4 * size)
+    y = (rng.random(n) < truth).astype(float)
+
+    calibrator = fit_calibrator(raw, y, X, specs)
+    assert calibrator.shift is not None
+    p = calibrator(raw, X)
+    for rows in (days_left < 14, days_left >= 14, size > 1, size < -1):
+        assert abs(p[rows].sum() / y[rows].sum() - 1) < 0.06
+    plain = calibrator.base(raw)
+    assert plain[days_left < 14].sum() / y[days_left < 14].sum() > 1.2  # what it corrected
+
+    already_right = fit_calibrator(raw, (rng.random(n) < sigmoid(raw)).astype(float), X, specs)
+    assert already_right.shift is None or np.allclose(already_right.shift.weights, 0, atol=0.1)
+    with pytest.raises(ValueError, match="feature matrix"):
+        calibrator(raw)
+    assert ContextShift.columns(specs[:2]) == (-1, 1, 0)
+
+
 def test_choice_falls_back_to_the_best_baseline_when_the_model_is_not_better():
     from cockpit.scoring.metrics import evaluate
 

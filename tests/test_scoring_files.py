@@ -149,3 +149,31 @@ def test_saving_replaces_the_file_atomically(model, saved):
     save_model(model, saved)
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+def test_a_context_shift_survives_the_round_trip_and_a_damaged_one_is_refused(model, tmp_path, histories):
+    import copy
+
+    from cockpit.scoring.estimators import ContextShift
+
+    shifted = copy.deepcopy(model)
+    days, amount, currency = ContextShift.columns(shifted.encoder.specs)
+    assert min(days, amount, currency) >= 0
+    shifted.targets["in_quarter"].calibrator.shift = ContextShift(
+        days, amount, currency, medians=np.array([10.5, 11.0, 10.8]),
+        weights=np.array([0.1, 0.3, 0.1, 0.0, -0.1, -0.2, -0.4]),
+    )
+    path = tmp_path / "shifted.npz"
+    save_model(shifted, path)
+    loaded = load_model(path)
+    open_deals = [h for h in histories if not h.deal.is_closed]
+    scores = loaded.score(open_deals, END)
+    assert scores == shifted.score(open_deals, END)
+    assert scores != model.score(open_deals, END)  # the shift moved the in-quarter probabilities
+
+    def damage(arrays, meta):
+        arrays["target.in_quarter.shift_weights"] = arrays["target.in_quarter.shift_weights"][:3]
+
+    _rewrite(path, damage)
+    with pytest.raises(ModelFileError, match="context shift"):
+        load_model(path)

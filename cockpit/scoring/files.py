@@ -25,7 +25,7 @@ from cockpit.models import DealHistory, FiscalCalendar
 from cockpit.scoring.errors import ModelFileError
 
 FORMAT = "cockpit-win-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the file layout changes; older files are refused with a request to retrain."""
 _META = "__meta__"
 
@@ -117,6 +117,13 @@ def _to_arrays(model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             "min_stage": tm.min_stage,
             "calibrator": {"kind": tm.calibrator.kind, "a": tm.calibrator.a, "b": tm.calibrator.b},
         }
+        shift = tm.calibrator.shift
+        if shift is not None:
+            info["calibrator"]["shift"] = {
+                "days_col": shift.days_col, "amount_col": shift.amount_col, "currency_col": shift.currency_col
+            }
+            arrays[pre + "shift_medians"] = shift.medians
+            arrays[pre + "shift_weights"] = shift.weights
         if est is not None:
             values, offsets = _concat(est.thresholds)
             arrays[pre + "thresholds"] = values
@@ -246,7 +253,7 @@ def _split(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
 
 def _from_arrays(a: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
     from cockpit.scoring.baselines import StageRates
-    from cockpit.scoring.estimators import NODE_FIELDS, Calibrator, Encoder, LinearModel, TreeModel
+    from cockpit.scoring.estimators import NODE_FIELDS, Calibrator, ContextShift, Encoder, LinearModel, TreeModel
     from cockpit.scoring.features import FeatureContext, StageTable, WinEvents
     from cockpit.scoring.model import ReasonSettings, ScoringModel, TargetModel
 
@@ -327,7 +334,15 @@ def _from_arrays(a: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
             x=a[pre + "cal_x"].astype(np.float64),
             y=a[pre + "cal_y"].astype(np.float64),
         )
-        calibrator.validate()
+        if "shift" in cal:
+            calibrator.shift = ContextShift(
+                days_col=int(cal["shift"]["days_col"]),
+                amount_col=int(cal["shift"]["amount_col"]),
+                currency_col=int(cal["shift"]["currency_col"]),
+                medians=a[pre + "shift_medians"].astype(np.float64),
+                weights=a[pre + "shift_weights"].astype(np.float64),
+            )
+        calibrator.validate(n_features)
         estimator: TreeModel | LinearModel | None = None
         if info["kind"] is not None:
             thresholds = _split(a[pre + "thresholds"].astype(np.float64), a[pre + "threshold_offsets"])

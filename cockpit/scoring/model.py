@@ -68,9 +68,10 @@ class TargetModel:
         n = np.where(known, self.model_deals[np.where(known, stage, 0)], 0)
         return n < self.min_stage
 
-    def from_raw(self, raw: np.ndarray, stage: np.ndarray) -> np.ndarray:
-        """Final probability from the estimator's log-odds: calibrate, shrink, fall back where thin."""
-        p = self.calibrator(raw)
+    def from_raw(self, raw: np.ndarray, stage: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Final probability from the estimator's log-odds on rows `X`: calibrate (with the rows'
+        situation), shrink, fall back where thin."""
+        p = self.calibrator(raw, X)
         known = stage >= 0
         n = np.where(known, self.model_deals[np.where(known, stage, 0)], 0).astype(np.float64)
         base = self.rates.predict(stage)
@@ -86,7 +87,7 @@ class TargetModel:
         if self.chosen == STAGE_RATE or self.estimator is None:
             return np.clip(self.rates.predict(frame.stage), P_MIN, P_MAX)
         est = self.estimator
-        return self.from_raw(est.raw(est.bin(X)), frame.stage)
+        return self.from_raw(est.raw(est.bin(X)), frame.stage, X)
 
 
 def predict_targets(
@@ -274,9 +275,9 @@ class ScoringModel:
         B = est.bin(X)
         stage = frame.stage
         total, per_group = est.raw_by_group(B, groups)
-        p = tm.from_raw(total, stage)
-        ref_bins = est.bin(self.references)
-        R = ref_bins[np.where(stage >= 0, stage, len(self.references) - 1)]
+        p = tm.from_raw(total, stage, X)
+        typical = np.where(stage >= 0, stage, len(self.references) - 1)
+        R = est.bin(self.references)[typical]
         usable = ~tm.insufficient(stage)
         points = np.zeros((len(groups), len(B)))
         for g, cols in enumerate(groups):
@@ -285,8 +286,10 @@ class ScoringModel:
                 continue
             B_typical = B[rows]
             B_typical[:, cols] = R[rows][:, cols]
+            X_typical = X[rows]  # the calibration's shift sees the typical values too (e.g. size)
+            X_typical[:, cols] = self.references[typical[rows]][:, cols]
             raw = total[rows] - per_group[g, rows] + est.group_raw(B_typical, groups, g)
-            points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows])) * 100.0
+            points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows], X_typical)) * 100.0
         return p, points
 
     def _reasons(

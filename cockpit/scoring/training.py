@@ -341,7 +341,7 @@ def _evaluate(
             scores[test] = estimator.raw(estimator.bin(phase.X[test]))
         phase.tuning[t] = setting
         phase.scores[t] = scores
-        calibrator = _calibrate(scores, y, fit)
+        calibrator = _calibrate(scores, y, fit, phase.X, encoder)
         phase.targets[t] = _target_model(prep, ex, t, fit, bounds[t][0], estimator, calibrator, config)
     return phase
 
@@ -362,7 +362,7 @@ def _final(prep: Prepared, ex: ExampleSet, config: ScoringConfig, kind: str, eva
             if _both_classes(y[fit])
             else None
         )
-        calibrator = _calibrate(evaluation.scores.get(t, np.full(len(ex), np.nan)), y, fit)
+        calibrator = _calibrate(evaluation.scores.get(t, np.full(len(ex), np.nan)), y, fit, phase.X, encoder)
         phase.targets[t] = _target_model(prep, ex, t, fit, math.inf, estimator, calibrator, config)
     return phase
 
@@ -426,10 +426,12 @@ def _fit(
     return fit_linear(X, y, empty, y[:0], is_cat, config, c=setting.c)
 
 
-def _calibrate(scores: np.ndarray, y: np.ndarray, rows: np.ndarray) -> Calibrator:
+def _calibrate(scores: np.ndarray, y: np.ndarray, rows: np.ndarray, X: np.ndarray, encoder: Encoder) -> Calibrator:
     """Calibration on the out-of-sample scores of `rows` (identity where there are none)."""
     known = rows & ~np.isnan(scores)
-    return fit_calibrator(scores[known], y[known]) if _both_classes(y[known]) else Calibrator()
+    if not _both_classes(y[known]):
+        return Calibrator()
+    return fit_calibrator(scores[known], y[known], X[known], encoder.specs)
 
 
 def _target_model(
