@@ -566,6 +566,10 @@ class ContextShift:
     def __call__(self, X: np.ndarray) -> np.ndarray:
         return self.design(X) @ self.weights
 
+    @property
+    def used_columns(self) -> list[int]:
+        return [c for c in (self.days_col, self.amount_col, self.currency_col) if c >= 0]
+
     def validate(self, n_features: int) -> None:
         if len(self.weights) != len(WEEKS_LEFT_EDGES) + 3 or not np.all(np.isfinite(self.weights)):
             raise ValueError("context shift weights are malformed")
@@ -621,13 +625,20 @@ class Calibrator:
     shift: ContextShift | None = None
 
     def __call__(self, raw: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
-        p = self.base(raw)
-        if self.shift is None:
-            return p
-        if X is None:
+        if self.shift is not None and X is None:
             raise ValueError("this calibration shifts by the deal's situation: pass the feature matrix")
-        q = np.clip(p, 1e-6, 1 - 1e-6)
-        return sigmoid(np.log(q / (1 - q)) + self.shift(X))
+        return self.apply(raw, self.shift_of(X) if X is not None else None)
+
+    def shift_of(self, X: np.ndarray) -> np.ndarray | None:
+        """The context shift of rows `X` in log-odds (None without a shift)."""
+        return self.shift(X) if self.shift is not None else None
+
+    def apply(self, raw: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+        """Calibrated probabilities of scores `raw` whose rows have the context shift `shift`."""
+        p = self.base(raw)
+        if shift is None:
+            return p
+        return sigmoid(_logit(p) + shift)
 
     def base(self, raw: np.ndarray) -> np.ndarray:
         if self.kind == "sigmoid":

@@ -68,10 +68,10 @@ class TargetModel:
         n = np.where(known, self.model_deals[np.where(known, stage, 0)], 0)
         return n < self.min_stage
 
-    def from_raw(self, raw: np.ndarray, stage: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """Final probability from the estimator's log-odds on rows `X`: calibrate (with the rows'
-        situation), shrink, fall back where thin."""
-        p = self.calibrator(raw, X)
+    def from_raw(self, raw: np.ndarray, stage: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
+        """Final probability from the estimator's log-odds: calibrate (with the rows' context shift,
+        `Calibrator.shift_of`), shrink, fall back where thin."""
+        p = self.calibrator.apply(raw, shift)
         known = stage >= 0
         n = np.where(known, self.model_deals[np.where(known, stage, 0)], 0).astype(np.float64)
         base = self.rates.predict(stage)
@@ -87,7 +87,7 @@ class TargetModel:
         if self.chosen == STAGE_RATE or self.estimator is None:
             return np.clip(self.rates.predict(frame.stage), P_MIN, P_MAX)
         est = self.estimator
-        return self.from_raw(est.raw(est.bin(X)), frame.stage, X)
+        return self.from_raw(est.raw(est.bin(X)), frame.stage, self.calibrator.shift_of(X))
 
 
 def predict_targets(
@@ -275,7 +275,10 @@ class ScoringModel:
         B = est.bin(X)
         stage = frame.stage
         total, per_group = est.raw_by_group(B, groups)
-        p = tm.from_raw(total, stage, X)
+        calibrator = tm.calibrator
+        shift = calibrator.shift_of(X)
+        shifted = set(calibrator.shift.used_columns) if calibrator.shift is not None else set()
+        p = tm.from_raw(total, stage, shift)
         typical = np.where(stage >= 0, stage, len(self.references) - 1)
         R = est.bin(self.references)[typical]
         usable = ~tm.insufficient(stage)
@@ -286,10 +289,13 @@ class ScoringModel:
                 continue
             B_typical = B[rows]
             B_typical[:, cols] = R[rows][:, cols]
-            X_typical = X[rows]  # the calibration's shift sees the typical values too (e.g. size)
-            X_typical[:, cols] = self.references[typical[rows]][:, cols]
             raw = total[rows] - per_group[g, rows] + est.group_raw(B_typical, groups, g)
-            points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows], X_typical)) * 100.0
+            row_shift = shift[rows] if shift is not None else None
+            if shifted.intersection(cols.tolist()):  # the shift sees the typical values too (size)
+                X_typical = X[rows]
+                X_typical[:, cols] = self.references[typical[rows]][:, cols]
+                row_shift = calibrator.shift_of(X_typical)
+            points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows], row_shift)) * 100.0
         return p, points
 
     def _reasons(
