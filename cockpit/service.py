@@ -31,6 +31,7 @@ from cockpit.models import (
     SyncProgress,
 )
 from cockpit.store import Store
+from cockpit.store.store import from_us
 
 if TYPE_CHECKING:
     from cockpit.forecast.config import ForecastConfig, Fx
@@ -574,7 +575,7 @@ class CockpitService:
     # -- the forecast -------------------------------------------------------------------------
 
     def outcomes(self, store: Store) -> list[Any]:
-        """Every deal's creation and win (for the run-rate), read once per service."""
+        """Every won deal's creation, win and booking (for run-rates and actuals), read once per service."""
         from cockpit.forecast.runrate import DealOutcome
 
         cached = self.__dict__.get("_outcomes")
@@ -582,10 +583,10 @@ class CockpitService:
             cached = [
                 DealOutcome(
                     opportunity_id=r[0], owner_id=r[1], pipeline_id=r[2],
-                    created_at=_from_us(r[3]), won_at=_from_us(r[4]) if r[4] is not None else None,
+                    created_at=from_us(r[3]), won_at=from_us(r[4]) if r[4] is not None else None,
                     booked_on=date.fromisoformat(r[5]) if r[5] else None, amount=Decimal(r[6]), currency=r[7],
                 )
-                for r in store.deal_outcomes()
+                for r in store.deal_outcomes(won_only=True)
             ]
             self.__dict__["_outcomes"] = cached
         return cached
@@ -1122,7 +1123,3 @@ def _all_scope() -> str:
     return ALL_SCOPE
 
 
-def _from_us(value: int) -> datetime:
-    from cockpit.store.store import from_us
-
-    return from_us(value)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -250,3 +250,11 @@ def test_migration_from_version_1_keeps_data(tmp_path):
         assert [o.name for o in store.owners()] == ["Old Owner"]
         store.record_backtest("*", {"weeks": []})
         assert store.latest_backtest("*")["report"] == {"weeks": []}
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(timezone.utc)))
+def test_stored_times_read_back_to_the_microsecond(moment):
+    from cockpit.store.store import from_us, to_us
+
+    assert from_us(to_us(moment)) == moment
+    assert from_us(to_us(moment)).tzinfo is not None
