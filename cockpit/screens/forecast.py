@@ -94,7 +94,7 @@ def summary_text(view: ForecastView, week: str) -> Text:
         out.append(f" (P10 {compact(r.range.p10)} – P90 {compact(r.range.p90)}) · expected {compact(r.range.expected)}"
                    f" incl. {compact(r.range.run_rate_expected)} not yet created")
     else:
-        out.append("Model: not scored yet — run `cockpit train`", style="dim")
+        out.append("Model: not scored yet — press T to train it", style="dim")
     out.append(f" · stage-weighted {compact(t.stage_weighted_forecast)}\n")
     quota = compact(r.quota) if r.quota is not None else "none"
     att = percent(float(r.attainment)) if r.attainment is not None else "–"

@@ -43,7 +43,7 @@ def card_text(deal: ReviewDeal | None, walk: ReviewWalk, today: date) -> Text:
             out.append(f"  {'+' if reason.points >= 0 else '−'}{abs(reason.points):.0f} ", style=style)
             out.append(f"{reason.text}\n")
     else:
-        out.append("Model       not scored yet (cockpit train)\n", style="dim")
+        out.append("Model       not scored yet (T trains it)\n", style="dim")
 
     call = walk.call_of(deal)
     model = deal.model_category
