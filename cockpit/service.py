@@ -213,7 +213,7 @@ class CockpitService:
 
         raw = dict(self.settings.forecast)
         if self.settings.connector == "demo":
-            from connectors.demo import DEMO_REPORTING_CURRENCY, demo_fx_rates, demo_quotas
+            from connectors._demo_fx import DEMO_REPORTING_CURRENCY, demo_fx_rates
 
             if not raw.get("fx_rates") and raw.get("reporting_currency", DEMO_REPORTING_CURRENCY) == DEMO_REPORTING_CURRENCY:
                 raw["reporting_currency"] = DEMO_REPORTING_CURRENCY
@@ -222,13 +222,13 @@ class CockpitService:
                     for cur, rate in sorted(demo_fx_rates().items()) if cur != DEMO_REPORTING_CURRENCY
                 ]
                 if with_quotas and not raw.get("quotas"):
-                    raw["quotas"] = self._demo_quotas(demo_quotas)
+                    raw["quotas"] = self._demo_quotas()
         try:
             return ForecastConfig.model_validate(raw)
         except ValidationError as exc:
             raise ConfigError("Config has errors", f"[forecast]: {describe_validation(exc)}") from None
 
-    def _demo_quotas(self, compute: Callable[..., dict[tuple[str, str], Decimal]]) -> list[dict[str, str]]:
+    def _demo_quotas(self) -> list[dict[str, str]]:
         """The demo org's quotas, cached in the data dir: computing them replays the simulation (~1.3 s
         for the default demo), which would otherwise delay every first paint of the Forecast screen."""
         import json
@@ -242,9 +242,11 @@ class CockpitService:
                 return list(stored["quotas"])
         except (OSError, ValueError, KeyError, AttributeError):
             pass
+        from connectors.demo import demo_quotas  # the generator: imported only when the cache misses
+
         quotas = [
             {"owner_id": owner, "quarter": quarter, "amount": str(amount)}
-            for (owner, quarter), amount in sorted(compute(self.today(), seed=seed, size=size).items())
+            for (owner, quarter), amount in sorted(demo_quotas(self.today(), seed=seed, size=size).items())
         ]
         from cockpit.export import ExportError, write_atomic
 

@@ -51,6 +51,7 @@ from cockpit.models import (
 )
 from cockpit.models.trusted import construct_trusted
 from connectors import ConnectorError, ProgressCallback
+from connectors._demo_fx import DEMO_REPORTING_CURRENCY, demo_fx_rates
 
 __all__ = [
     "DEMO_FISCAL_START_MONTH",
@@ -65,9 +66,6 @@ __all__ = [
 DEMO_FISCAL_START_MONTH = 1
 """The demo org's fiscal year starts in January: its quarters are calendar quarters."""
 
-DEMO_REPORTING_CURRENCY = "USD"
-"""Currency of `demo_quotas` and the base of `demo_fx_rates`."""
-
 MAX_SIZE = 1_000_000
 """Largest number of deals the demo generates."""
 
@@ -76,16 +74,10 @@ KEY_ACCOUNTS = "Key accounts"
 DIRECT = "Direct"
 """Team label of the direct (volume) reps."""
 
-_CNY_TO_USD = Decimal("0.14")
 _CENT = Decimal("0.01")
 _DAY = 86_400
 _MAX_WEEKS = 104
 """A deal still open after two years is cleaned up (closed lost) by the sales-ops purge."""
-
-
-def demo_fx_rates() -> dict[str, Decimal]:
-    """Value of one unit of each demo currency in USD (the demo's reporting currency)."""
-    return {"USD": Decimal("1"), "CNY": _CNY_TO_USD}
 
 
 # --------------------------------------------------------------------------------------------------

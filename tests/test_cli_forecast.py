@@ -132,6 +132,25 @@ def test_forecast_json_adds_up(demo_dir, capsys):
     assert data["scope"] == "*" and data["unscored_open_deals"] == 0
 
 
+def test_the_forecast_home_does_not_load_the_demo_generator_once_its_quotas_are_cached(demo_dir):
+    """Every start reads the demo's currency and quotas; the generator behind them costs the first
+    paint ~35 ms to import, so only a missing quota cache may load it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from datetime import date\n"
+        "from cockpit.config import Settings\n"
+        "from cockpit.service import CockpitService\n"
+        f"view = CockpitService(Settings(), {str(demo_dir)!r}, today=date.fromisoformat({AS_OF!r})).forecast_view()\n"
+        "assert view.rollup.quota is not None\n"
+        "print('connectors.demo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_forecast_text_and_unknown_scope(demo_dir, capsys):
     code, out, _ = cli(capsys, demo_dir, "forecast")
     assert code == 0 and "closed won" in out and "P50" in out

@@ -1,0 +1,19 @@
+"""The demo CRM's money: its reporting currency and exchange rates.
+
+Apart from the generator (`connectors.demo`) because the Forecast home reads them at every start,
+and importing the generator would cost that first paint ~35 ms.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+DEMO_REPORTING_CURRENCY = "USD"
+"""Currency of `demo_quotas` and the base of `demo_fx_rates`."""
+
+CNY_TO_USD = Decimal("0.14")
+
+
+def demo_fx_rates() -> dict[str, Decimal]:
+    """Value of one unit of each demo currency in USD (the demo's reporting currency)."""
+    return {"USD": Decimal("1"), "CNY": CNY_TO_USD}
