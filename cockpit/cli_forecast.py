@@ -280,11 +280,14 @@ def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     for label, how in run.method.items():
         print(f"  {label}: probabilities from {how}")
     print("\nMean absolute error % by week of quarter (forecast vs what closed)")
-    print(f"  {'week':>4}{'model P50':>11}{'bias':>8}{'stage-wtd':>11}{'commit':>9}{'submitted':>11}{'in P10-P90':>12}")
+    print(f"  {'week':>4}{'model P50':>11}{'bias':>7}{'luck':>6}{'stage-wtd':>11}{'commit':>8}{'submitted':>11}"
+          f"{'in P10-P90':>12}")
     for w in report.weeks:
-        print(f"  {w.week:>4}{_pct(w.model_error):>11}{_pct(w.model_bias, signed=True):>8}"
-              f"{_pct(w.stage_weighted_error):>11}{_pct(w.commit_error):>9}{_pct(w.submission_error):>11}"
+        print(f"  {w.week:>4}{_pct(w.model_error):>11}{_pct(w.model_bias, signed=True):>7}{_pct(w.expected_error):>6}"
+              f"{_pct(w.stage_weighted_error):>11}{_pct(w.commit_error):>8}{_pct(w.submission_error):>11}"
               f"{w.inside_range:>12.0%}")
+    print("  luck: the miss the model's own ranges expect from chance alone")
+    print("  (an error near it is the quarter's luck; well above it, the model's)")
     print(f"\nActual inside the model's P10–P90 in {report.inside_range:.0%} of quarter-weeks.")
     for bias in report.owner_bias:
         print(f"  submissions of {bias.owner_id}: bias {bias.bias:+.1f}%, mean abs error {bias.mean_abs_error:.1f}% "

@@ -190,6 +190,10 @@ def test_backtest_is_stored_for_the_history_screen(store_dir, capsys):
     assert [w["week"] for w in data["weeks"]][:3] == [1, 2, 3]
     assert set(data["method"]) == {"FY2026-Q2", "FY2026-Q3"}
     assert 0 <= data["inside_range"] <= 1
+    assert all(w["expected_error"] > 0 for w in data["weeks"] if w["week"] < 13)
+    code, out, _ = cli(capsys, store_dir, "backtest", "--quarters", "2", "--method", "rates", "--scope", "all")
+    assert code == 0 and "luck" in out
+    assert max(len(line) for line in out.splitlines()) <= 80  # readable in an 80-column terminal
     view = CockpitService(Settings(), store_dir, today=date(2026, 10, 10)).history_view("*")
     assert view.backtest is not None and view.backtest["report"]["weeks"]
 

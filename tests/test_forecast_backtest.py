@@ -110,6 +110,10 @@ def test_backtest_arithmetic_on_a_tiny_history():
     assert week1.stage_weighted_error == pytest.approx(abs(2000 - 3500) / 3500 * 100)
     assert week1.commit_error == pytest.approx(abs(1000 - 3500) / 3500 * 100)
     assert week1.submission_error is None
+    # the miss the range itself expects: its P10-P90 read as a normal's, mean absolute deviation
+    sigma = float(p1.model.p90 - p1.model.p10) / 2.563
+    assert week1.expected_error == pytest.approx(sigma * 0.798 / float(p1.model.p50) * 100)
+    assert week1.expected_error > 0
     assert 0.0 <= report.inside_range <= 1.0
     as_json = report.to_dict()
     assert as_json["points"][0]["actual"] == "3500.00" and as_json["points"][0]["as_of"] == "2026-07-01"

@@ -90,6 +90,16 @@ class WeekAccuracy:
     submission_error: float | None
     inside_range: float
     """Share of these quarters whose actual fell inside P10–P90."""
+    expected_error: float | None = None
+    """The mean absolute error % the model's own ranges imply: what a calibrated forecast would still
+    miss by, from the chance in the deals themselves. An error well above it is the model's; one near
+    it is the quarter's luck."""
+
+
+NORMAL_P10_P90 = 2.563
+"""Width of a normal distribution's P10–P90 in standard deviations."""
+NORMAL_MEAN_ABS = 0.798
+"""A normal's mean absolute deviation in standard deviations (√(2/π))."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,9 +322,19 @@ def by_week(points: Sequence[BacktestPoint]) -> list[WeekAccuracy]:
                 commit_error=_mean((p.error(p.commit) for p in rows), True),
                 submission_error=_mean((p.error(p.submission) for p in rows), True),
                 inside_range=sum(p.inside for p in rows) / len(rows),
+                expected_error=_mean((_expected_error(p) for p in rows), False),
             )
         )
     return out
+
+
+def _expected_error(point: BacktestPoint) -> float | None:
+    """The mean absolute error % the point's own P10–P90 implies (read as a normal's, around the P50)."""
+    model = point.model
+    if not model.p50:
+        return None
+    sigma = float(model.p90 - model.p10) / NORMAL_P10_P90
+    return sigma * NORMAL_MEAN_ABS / float(model.p50) * 100
 
 
 def _owner_bias(
