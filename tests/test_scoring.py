@@ -426,6 +426,10 @@ def test_training_reports_model_and_both_baselines(trained):
     text = report.to_text()
     assert "CRM stage probability" in text and "stage win rate" in text and "Reliability" in text
     assert any("next step" in n.lower() for n in report.notes)
+    calibration = [n for n in report.notes if " is calibrated with " in n]
+    assert [n.split(" is ")[0] for n in calibration] == ["P(won)", "P(won by the end of the quarter)"]
+    for target, note in zip(("won", "in_quarter"), calibration, strict=True):
+        assert ("shifted by the weeks left" in note) == (trained.model.targets[target].calibrator.shift is not None)
 
 
 def test_test_split_is_later_than_training(histories, trained):

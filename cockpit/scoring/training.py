@@ -569,7 +569,22 @@ def _notes(prep: Prepared, ex: ExampleSet, phase: _Phase, config: ScoringConfig,
         notes.append("Switched off by configuration: " + ", ".join(sorted(config.disabled_features)) + ".")
     notes += _leak_warnings(ex, phase)
     notes += _filled_on_close_warnings(prep, phase)
+    notes += [_calibration_note(t, tm.calibrator) for t, tm in phase.targets.items() if tm.estimator is not None]
     return notes
+
+
+def _calibration_note(target: str, calibrator: Calibrator) -> str:
+    """How the model's scores for `target` became probabilities, in one sentence."""
+    what = "P(won)" if target == "won" else "P(won by the end of the quarter)"
+    base = {"isotonic": "isotonic regression", "sigmoid": "a sigmoid (Platt)"}.get(calibrator.kind, "no calibration")
+    if calibrator.shift is None:
+        return f"{what} is calibrated with {base} on out-of-sample scores."
+    w = calibrator.shift.weights
+    return (
+        f"{what} is calibrated with {base}, then shifted by the weeks left in the quarter and the deal's size "
+        f"against its currency's median (it predicted held-out labels better; a deal twice the median: "
+        f"{w[-1] * math.log(2):+.2f} log-odds)."
+    )
 
 
 def _filled_on_close_warnings(prep: Prepared, phase: _Phase) -> list[str]:
