@@ -196,6 +196,12 @@ def test_backtest_is_stored_for_the_history_screen(store_dir, capsys):
     assert max(len(line) for line in out.splitlines()) <= 80  # readable in an 80-column terminal
     view = CockpitService(Settings(), store_dir, today=date(2026, 10, 10)).history_view("*")
     assert view.backtest is not None and view.backtest["report"]["weeks"]
+    from cockpit.screens.history import backtest_bars
+
+    bars = backtest_bars(view.backtest["report"])
+    assert "stage-weighted" in bars[0].text and "luck" in bars[0].text
+    older = {"weeks": [{k: v for k, v in w.items() if k != "expected_error"} for w in data["weeks"]]}
+    assert "luck" not in backtest_bars(older)[0].text  # a report stored before the column still reads
 
 
 def test_backtest_with_the_model_retrains_before_each_quarter(store_dir, capsys):

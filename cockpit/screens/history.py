@@ -50,14 +50,18 @@ def history_cell(row: SubmissionAccuracy, key: str) -> str:
 
 
 def backtest_bars(report: dict) -> list[Bar]:  # type: ignore[type-arg]
-    """Mean absolute error of the model's P50 by week of quarter, with the stage-weighted one for contrast."""
+    """Mean absolute error of the model's P50 by week of quarter, with the stage-weighted one for contrast
+    and the miss the model's own ranges expect from chance ("luck"; reports stored before it lack it)."""
     bars = []
     for week in report.get("weeks", []):
         model = week.get("model_error")
         stage = week.get("stage_weighted_error")
+        luck = week.get("expected_error")
         if model is None:
             continue
-        text = f"{model:.0f}%" + (f" (stage-weighted {stage:.0f}%)" if stage is not None else "")
+        context = [f"stage-weighted {stage:.0f}%"] if stage is not None else []
+        context += [f"luck {luck:.0f}%"] if luck is not None else []
+        text = f"{model:.0f}%" + (f" ({', '.join(context)})" if context else "")
         bars.append(Bar(f"week {week['week']:>2}", float(model), text))
     return bars
 
