@@ -184,7 +184,8 @@ def changes_since(
 
     Gives the same result as `changes` but reuses the roll-up's assessment of the deals: a deal whose
     CRM fields did not move between the two dates and that sat in the quarter's pipeline on both is
-    only added to both totals, and only the others are assessed again as they stood on `start`.
+    only added to both totals, one that sat outside it on both is left out, and only the others are
+    assessed again as they stood on `start`.
     """
     if rollup.as_of < start:
         raise ValueError(f"changes: end {rollup.as_of} is before start {start}")
@@ -208,13 +209,12 @@ def _changes_since(
     moved: list[DealSnapshot] = []
     for snap in before:
         a, b = snap.deal, now.get(snap.deal.id)
-        if (
-            b is not None
-            and b.in_quarter
-            and (steady or q_start <= b.deal.close_date < q_end)  # type: ignore[operator]
-            and _same_terms(a, b.deal)
-        ):
+        if b is None or not _same_terms(a, b.deal):
+            moved.append(snap)
+        elif b.in_quarter and (steady or q_start <= b.deal.close_date < q_end):  # type: ignore[operator]
             unchanged += b.value
+            skipped.add(a.id)
+        elif steady and not b.in_quarter and not b.won:  # outside the quarter on both dates: in no total
             skipped.add(a.id)
         else:
             moved.append(snap)
