@@ -26,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import ROOT, report
 
+sys.path.insert(0, str(ROOT))
+from tests.shared_data import MAVEN  # the one lookup of the shared data (env var, beside the checkout)
+
 from cockpit.forecast.backtest import BacktestReport, backtest, past_quarters
 from cockpit.forecast.baseline import InQuarterRates
 from cockpit.forecast.changes import changes, changes_since
@@ -45,7 +48,6 @@ from cockpit.models import (
 UTC = UTC
 CAL = FiscalCalendar()
 AS_OF = date(2026, 11, 23)
-MAVEN = Path("/work/shared/data/maven-crm")
 
 
 # --------------------------------------------------------------------------- 100,000 open deals
@@ -285,8 +287,11 @@ def main() -> None:
     bench_large(args.deals)
     if not args.skip_backtest:
         bench_demo_backtest()
-    if not args.skip_maven and MAVEN.is_dir():
-        bench_maven()
+    if not args.skip_maven:
+        if MAVEN.is_dir():
+            bench_maven()
+        else:
+            print(f"\nMaven CRM data not found at {MAVEN}: set COCKPIT_SHARED_DATA to measure it")
 
 
 if __name__ == "__main__":
