@@ -33,9 +33,10 @@ from decimal import Decimal
 from enum import StrEnum
 
 from cockpit.forecast.config import ForecastConfig
-from cockpit.forecast.deals import ForecastDeal, booking_date, forecast_deals, gc_paused
+from cockpit.forecast.deals import ForecastDeal, booking_date, forecast_deals
 from cockpit.forecast.rollup import Rollup
 from cockpit.models import DealSnapshot, ForecastCategory, Opportunity, Quarter, Stage
+from cockpit.models.trusted import gc_paused
 
 ZERO = Decimal(0)
 

@@ -17,15 +17,14 @@ The rules every part of the forecast shares (roll-up, range, changes, backtest):
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Collection, Iterable, Mapping
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import NamedTuple
 
 from cockpit.forecast.config import CENT, ForecastConfig, Fx
 from cockpit.models import DealSnapshot, ForecastCategory, Opportunity, Pipeline, Quarter, Stage
+from cockpit.models.trusted import gc_paused
 
 
 class ForecastDeal(NamedTuple):
@@ -91,23 +90,6 @@ class ForecastDeal(NamedTuple):
     def weighted(self) -> Decimal:
         """CRM stage-weighted value."""
         return self.value * self.stage_probability
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a loop allocates many acyclic objects.
-
-    Collections triggered by those allocations would rescan every live object (the snapshots
-    included) several times over; pausing cuts about a quarter off a 100,000-deal roll-up. The
-    previous state is restored.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 CLOSED, COMMIT, OMITTED = ForecastCategory.CLOSED, ForecastCategory.COMMIT, ForecastCategory.OMITTED

@@ -14,10 +14,11 @@ from datetime import date
 from decimal import Decimal
 
 from cockpit.forecast.config import CENT, ForecastConfig
-from cockpit.forecast.deals import ForecastDeal, forecast_deals, gc_paused, stage_index
+from cockpit.forecast.deals import ForecastDeal, forecast_deals, stage_index
 from cockpit.forecast.distribution import ForecastRange, forecast_range
 from cockpit.forecast.runrate import RunRate
 from cockpit.models import DealSnapshot, ForecastCategory, OrgTree, Pipeline, Quarter
+from cockpit.models.trusted import gc_paused
 
 ZERO = Decimal(0)
 

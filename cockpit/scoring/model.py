@@ -15,18 +15,17 @@ batched predictions rather than a loop per deal.
 
 from __future__ import annotations
 
-import gc
 import math
-from itertools import islice
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from itertools import islice
 from typing import Any
 
 import numpy as np
 
 from cockpit.models import DealHistory, DealScore, Owner, Reason
-from cockpit.models.trusted import construct_trusted
+from cockpit.models.trusted import construct_trusted, gc_paused
 from cockpit.scoring.baselines import CRM, STAGE_RATE, StageRates, crm_probability
 from cockpit.scoring.estimators import Calibrator, Encoder, LinearModel, TreeModel
 from cockpit.scoring.features import (
@@ -155,14 +154,9 @@ class ScoringModel:
         the outcomes known at training are used. `owners` refreshes names and teams.
         """
         hist = list(histories_open)
-        paused = gc.isenabled()
-        gc.disable()  # hundreds of thousands of new objects: avoid repeated full collections
-        try:
+        with gc_paused():  # hundreds of thousands of new objects: avoid repeated full collections
             names = {**self.owner_names, **{o.id: o.name for o in owners or ()}}
             return self._score(hist, as_of, self._context(closed, owners), reasons, names)
-        finally:
-            if paused:
-                gc.enable()
 
     def _score(
         self, hist: list[DealHistory], as_of: date, ctx: FeatureContext, reasons: bool, names: dict[str, str]

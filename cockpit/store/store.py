@@ -6,7 +6,6 @@ the epoch (UTC), dates as ISO text, money as Decimal text.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import sqlite3
@@ -32,7 +31,7 @@ from cockpit.models import (
     complete_history,
     end_of_day,
 )
-from cockpit.models.trusted import construct_trusted as _build
+from cockpit.models.trusted import construct_trusted as _build, gc_paused
 from cockpit.store.schema import APPLICATION_ID, LIFESPAN_COLUMNS, MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -463,9 +462,7 @@ class Store:
         """
         out = []
         attributes: dict[str, dict[str, Any]] = {}  # deals share a few attribute sets: parse each once
-        paused = gc.isenabled()
-        gc.disable()  # thousands of new objects and no cycles among them: no collections meanwhile
-        try:
+        with gc_paused():  # thousands of new objects and no cycles among them
             for row in self.conn.execute(sql, params):
                 stage_id, amount, close, cat, entered, changes, pushes, closed, won = row[22:]
                 values = list(row[:22])
@@ -478,9 +475,6 @@ class Store:
                         "stage_changes": changes, "close_date_pushes": pushes,
                     })
                 )
-        finally:
-            if paused:
-                gc.enable()
         return out
 
     def closed_deal_facts(self) -> list[tuple[str, bool, datetime | None, int]]:
