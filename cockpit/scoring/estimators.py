@@ -595,20 +595,10 @@ class ContextShift:
                 medians[c] = float(np.median(logs[rows])) if rows.sum() >= 20 else medians[-1]
         shift = cls(days_col, amount_col, currency_col, medians, np.zeros(len(WEEKS_LEFT_EDGES) + 3))
         Z = shift.design(X)
-        w = np.zeros(Z.shape[1])
-        penalty = np.full(Z.shape[1], SHIFT_RIDGE)
-        for _ in range(30):
-            p = sigmoid(offset + Z @ w)
-            g = Z.T @ (p - y) + penalty * w
-            h = (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(penalty)
-            try:
-                step = np.linalg.solve(h, g)
-            except np.linalg.LinAlgError:
-                break
-            w -= step
-            if np.abs(step).max() < 1e-8:
-                break
-        shift.weights = w
+        shift.weights = newton_logistic(
+            Z, y, np.zeros(Z.shape[1]), offset=offset, penalty=np.full(Z.shape[1], SHIFT_RIDGE),
+            iterations=30, tolerance=1e-8,
+        )
         return shift
 
 
@@ -638,7 +628,7 @@ class Calibrator:
         p = self.base(raw)
         if shift is None:
             return p
-        return sigmoid(_logit(p) + shift)
+        return sigmoid(logit(p) + shift)
 
     def base(self, raw: np.ndarray) -> np.ndarray:
         if self.kind == "sigmoid":
@@ -689,17 +679,12 @@ def fit_calibrator(
     if X is None or not halves_usable or len(y) < 1000 or min(n_pos, n_neg) < 50:
         return calibrator
     base_first = _fit_kind(kind, raw[first], y[first])
-    shift = ContextShift.fit(_logit(base_first(raw[first])), y[first], X[first], specs)
+    shift = ContextShift.fit(logit(base_first(raw[first])), y[first], X[first], specs)
     plain = base_first(raw[second])
-    shifted = sigmoid(_logit(plain) + shift(X[second]))
+    shifted = sigmoid(logit(plain) + shift(X[second]))
     if _log_loss(y[second], shifted) < _log_loss(y[second], plain):
-        calibrator.shift = ContextShift.fit(_logit(calibrator(raw)), y, X, specs)
+        calibrator.shift = ContextShift.fit(logit(calibrator(raw)), y, X, specs)
     return calibrator
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(q / (1 - q))
 
 
 def _fit_kind(kind: str, raw: np.ndarray, y: np.ndarray) -> Calibrator:
@@ -718,21 +703,40 @@ def _fit_kind(kind: str, raw: np.ndarray, y: np.ndarray) -> Calibrator:
 def platt(raw: np.ndarray, y: np.ndarray, iterations: int = 50) -> tuple[float, float]:
     """Sigmoid calibration p = sigmoid(a * raw + b) by Newton's method on the log loss (a tiny ridge
     keeps it finite when the classes separate)."""
-    a, b = 1.0, 0.0
     ridge = 1e-6 * max(1, len(y))
+    a, b = newton_logistic(
+        np.column_stack([raw, np.ones(len(raw))]), y, np.array([1.0, 0.0]),
+        penalty=np.array([ridge, 0.0]), floor=np.array([0.0, 1e-12]), iterations=iterations, tolerance=1e-9,
+    )
+    return float(a), float(b)
+
+
+def newton_logistic(
+    Z: np.ndarray,
+    y: np.ndarray,
+    start: np.ndarray,
+    *,
+    offset: np.ndarray | float = 0.0,
+    penalty: np.ndarray,
+    floor: np.ndarray | float = 0.0,
+    iterations: int,
+    tolerance: float,
+) -> np.ndarray:
+    """Weights w of p = sigmoid(offset + Z w) by Newton's method on the log loss plus
+    ½ Σ penalty·w² (`floor` only steadies the Hessian); stops when no weight moves by `tolerance`."""
+    w = start.astype(np.float64)
     for _ in range(iterations):
-        p = sigmoid(a * raw + b)
-        w = p * (1 - p)
-        g = np.array([np.dot(p - y, raw) + ridge * a, np.sum(p - y)])
-        h = np.array([[np.dot(w, raw * raw) + ridge, np.dot(w, raw)], [np.dot(w, raw), np.sum(w) + 1e-12]])
+        p = sigmoid(offset + Z @ w)
+        g = Z.T @ (p - y) + penalty * w
+        h = (Z * (p * (1 - p))[:, None]).T @ Z + np.diag(penalty + floor)
         try:
             step = np.linalg.solve(h, g)
         except np.linalg.LinAlgError:
             break
-        a, b = a - float(step[0]), b - float(step[1])
-        if abs(step).max() < 1e-9:
+        w = w - step
+        if np.abs(step).max() < tolerance:
             break
-    return a, b
+    return w
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
