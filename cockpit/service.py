@@ -585,10 +585,10 @@ class CockpitService:
             cached = [
                 DealOutcome(
                     opportunity_id=r[0], owner_id=r[1], pipeline_id=r[2],
-                    created_at=from_us(r[3]), won_at=from_us(r[4]) if r[4] is not None else None,
-                    booked_on=date.fromisoformat(r[5]) if r[5] else None, amount=Decimal(r[6]), currency=r[7],
+                    created_at=from_us(r[3]), won_at=from_us(r[4]), booked_on=date.fromisoformat(r[5]),
+                    amount=Decimal(r[6]), currency=r[7],
                 )
-                for r in store.deal_outcomes(won_only=True)
+                for r in store.won_deal_outcomes()
             ]
             self.__dict__["_outcomes"] = cached
         return cached

@@ -150,7 +150,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: when each deal's history starts and since when it has sat in its final closed stage, so
     # that an as-of query skips deals that did not exist yet or were long closed (see
-    # `Store.snapshot`); kept by every sync (`Store._refresh_lifespans`)
+    # `Store.snapshot`); kept by every sync batch and stage change (`Store._write_opportunities`,
+    # `Store._write_pipelines`)
     f"""
     ALTER TABLE opportunity ADD COLUMN first_at INTEGER;
     ALTER TABLE opportunity ADD COLUMN closed_since INTEGER;

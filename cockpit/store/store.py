@@ -487,20 +487,19 @@ class Store:
             )
         ]
 
-    def deal_outcomes(self, *, won_only: bool = False) -> list[tuple[Any, ...]]:
-        """Per deal with a history: (id, owner, pipeline, created µs, won µs or None, booked day, amount,
-        currency). `won_only`: the won deals alone (all that run-rates and actuals need)."""
+    def won_deal_outcomes(self) -> list[tuple[Any, ...]]:
+        """Per won deal with a history (all that run-rates and actuals need): (id, owner, pipeline,
+        created µs, won µs, booked day, amount, currency)."""
         return self.conn.execute(
-            f"""
-            SELECT o.id, o.owner_id, o.pipeline_id, first.changed_at,
-                   CASE WHEN o.is_won THEN last.stage_entered_at END,
-                   CASE WHEN o.is_won THEN coalesce(o.close_date, date(last.stage_entered_at / 1000000, 'unixepoch')) END,
+            """
+            SELECT o.id, o.owner_id, o.pipeline_id, first.changed_at, last.stage_entered_at,
+                   coalesce(o.close_date, date(last.stage_entered_at / 1000000, 'unixepoch')),
                    o.amount, o.currency
             FROM opportunity o
             CROSS JOIN stage_change first ON first.opportunity_id = o.id AND first.seq = 0
             CROSS JOIN stage_change last ON last.opportunity_id = o.id AND last.seq = (
                 SELECT max(seq) FROM stage_change WHERE opportunity_id = o.id)
-            {"WHERE o.is_won = 1" if won_only else ""}
+            WHERE o.is_won = 1
             """
         ).fetchall()
 
