@@ -363,9 +363,9 @@ def flatten(histories: Sequence[DealHistory], stages: StageTable, attributes: Ma
 
     Row i holds the deal's state right after its i-th history row, with running counts (stage changes,
     backward moves, close-date pushes, amount changes) and the day the current stage was entered,
-    following the rules of `cockpit.models.snapshot_of`. This touches every row of every deal, so the
-    fields are read in one C-level pass (`attrgetter` over all rows, then `zip`) and converted with
-    `map` over C callables where no value is missing; the running counts are computed with numpy.
+    following the rules of `cockpit.models.snapshot_of`. This touches every row of every deal, so each
+    field is read with one comprehension and converted with `map` over a C callable (falling back to a
+    comprehension where a value is missing); the running counts are computed with numpy.
     """
     nan = math.nan
     deals = [h.deal for h in histories]
