@@ -107,16 +107,25 @@ def small_batch() -> SyncBatch:
     )
 
 
-def random_history(deal_id: str, start: date, moves: list[tuple[int, int, int, int]]) -> tuple[Opportunity, list[StageChange]]:
-    """A history built from hypothesis-drawn moves: (days after previous, stage index, amount k, close offset)."""
+def random_history(
+    deal_id: str, start: date, moves: list[tuple[int, int, int, int]], *, reopen: bool = False
+) -> tuple[Opportunity, list[StageChange]]:
+    """A history built from hypothesis-drawn moves: (days after previous, stage index, amount k, close offset).
+
+    The history ends at the first won or lost stage, unless `reopen`: then the deal may be reopened
+    and closed again (its close dates are kept from falling before `start`).
+    """
     stages = OPEN_STAGES + ["won", "lost"]
     steps = []
     day = start
-    for n, (gap, stage_index, amount_k, close_offset) in enumerate(moves):
+    for gap, stage_index, amount_k, close_offset in moves:
         day = day + timedelta(days=gap)
         stage = stages[stage_index % len(stages)]
-        steps.append((day, stage, Decimal(amount_k * 1000), day + timedelta(days=close_offset)))
         if stage in {"won", "lost"}:
-            steps[-1] = (day, stage, Decimal(amount_k * 1000), day)
-            break
+            steps.append((day, stage, Decimal(amount_k * 1000), day))
+            if not reopen:
+                break
+            continue
+        close = day + timedelta(days=close_offset)
+        steps.append((day, stage, Decimal(amount_k * 1000), max(start, close) if reopen else close))
     return deal_with_history(deal_id, steps)

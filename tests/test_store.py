@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from cockpit.models import DealHistory, SyncBatch, complete_history, snapshot_of
 from cockpit.store import Store, StoreError
 from cockpit.store.schema import APPLICATION_ID, SCHEMA_VERSION
-from tests.factories import OPEN_STAGES, OWNERS, PIPELINE, deal_with_history, random_history, small_batch
+from tests.factories import OWNERS, PIPELINE, random_history, small_batch
 
 
 @pytest.fixture
@@ -153,18 +153,6 @@ moves = st.lists(
 )
 
 
-def wandering_history(deal_id: str, start: date, moves: list[tuple[int, int, int, int]]):
-    """Like `random_history`, but a deal may be reopened after it closed, and closed again."""
-    stages = [*OPEN_STAGES, "won", "lost"]
-    steps, day = [], start
-    for gap, stage_index, amount_k, close_offset in moves:
-        day = day + timedelta(days=gap)
-        stage = stages[stage_index % len(stages)]
-        close = day if stage in {"won", "lost"} else max(start, day + timedelta(days=close_offset))
-        steps.append((day, stage, Decimal(amount_k * 1000), close))
-    return deal_with_history(deal_id, steps)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(deals=st.lists(moves, min_size=1, max_size=8), probe=st.integers(0, 10_000), shift=st.integers(-1, 1),
        lookback=st.integers(0, 10_000), reopen=st.booleans())
@@ -174,8 +162,7 @@ def test_snapshot_equals_brute_force_replay(tmp_path_factory, deals, probe, shif
     something happened, where an off-by-one in the reconstruction would show."""
     path = tmp_path_factory.mktemp("asof") / "cockpit.db"
     start = date(2025, 1, 1)
-    make = wandering_history if reopen else random_history
-    built = [make(f"x{i}", start + timedelta(days=3 * i), m) for i, m in enumerate(deals)]
+    built = [random_history(f"x{i}", start + timedelta(days=3 * i), m, reopen=reopen) for i, m in enumerate(deals)]
     batch = SyncBatch(pipelines=[PIPELINE], owners=OWNERS, opportunities=[o for o, _ in built],
                       changes=[c for _, cs in built for c in cs])
     stages = {s.id: s for s in PIPELINE.stages}
