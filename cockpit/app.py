@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, SystemCommand
@@ -18,14 +19,11 @@ from textual.worker import Worker, WorkerState
 
 from cockpit.config import Settings
 from cockpit.messages import ScoresUpdated
-from cockpit.screens.changes import ChangesScreen
 from cockpit.screens.forecast import ForecastScreen
-from cockpit.screens.help import HelpScreen
-from cockpit.screens.history import HistoryScreen
-from cockpit.screens.pipeline import PipelineScreen
-from cockpit.screens.review import ReviewScreen
-from cockpit.screens.progress import ProgressScreen
 from cockpit.service import CockpitService
+
+if TYPE_CHECKING:
+    from cockpit.screens.progress import ProgressScreen
 
 
 class CockpitApp(App[None]):
@@ -67,11 +65,12 @@ class CockpitApp(App[None]):
         """Set once the store holds data (after the first-run sync); screen loaders wait on it."""
         self.scores_version = 0
         """Bumped whenever the open deals were scored again; screens reload when theirs is older."""
+        # The start screen is imported with the app; the others when first shown (~40 ms of start-up).
         self.add_mode("forecast", lambda: ForecastScreen(service))
-        self.add_mode("deals", lambda: PipelineScreen(service))
-        self.add_mode("review", lambda: ReviewScreen(service))
-        self.add_mode("changes", lambda: ChangesScreen(service))
-        self.add_mode("history", lambda: HistoryScreen(service))
+        self.add_mode("deals", partial(_deals_screen, service))
+        self.add_mode("review", partial(_review_screen, service))
+        self.add_mode("changes", partial(_changes_screen, service))
+        self.add_mode("history", partial(_history_screen, service))
 
     def on_mount(self) -> None:
         if self.settings.ui.keymap:
@@ -88,6 +87,8 @@ class CockpitApp(App[None]):
         try:
             if not self.service.store_is_empty():
                 return
+            from cockpit.screens.progress import ProgressScreen
+
             connector = self.service.make_connector()
             dialog = ProgressScreen(f"First run: loading deals from the {connector.name} connector")
             self.call_from_thread(self.push_screen, dialog)
@@ -106,6 +107,8 @@ class CockpitApp(App[None]):
         self._run_model(self.service.refresh_model, dialog)
 
     def action_train(self) -> None:
+        from cockpit.screens.progress import ProgressScreen
+
         dialog = ProgressScreen("Retraining the win model on every closed deal")
         self.push_screen(dialog)
         self.train_model(dialog)
@@ -162,6 +165,8 @@ class CockpitApp(App[None]):
         return True
 
     def action_help(self) -> None:
+        from cockpit.screens.help import HelpScreen
+
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.screen))
 
@@ -180,6 +185,30 @@ class CockpitApp(App[None]):
         for screen in self.screen_stack:
             for widget in screen.query(".-loads"):
                 widget.loading = False
+
+
+def _deals_screen(service: CockpitService) -> Screen:
+    from cockpit.screens.pipeline import PipelineScreen
+
+    return PipelineScreen(service)
+
+
+def _review_screen(service: CockpitService) -> Screen:
+    from cockpit.screens.review import ReviewScreen
+
+    return ReviewScreen(service)
+
+
+def _changes_screen(service: CockpitService) -> Screen:
+    from cockpit.screens.changes import ChangesScreen
+
+    return ChangesScreen(service)
+
+
+def _history_screen(service: CockpitService) -> Screen:
+    from cockpit.screens.history import HistoryScreen
+
+    return HistoryScreen(service)
 
 
 def build_app(service: CockpitService, settings: Settings) -> CockpitApp:

@@ -71,7 +71,7 @@ def _setup_logging(args: argparse.Namespace, settings: Settings) -> None:
     except OSError:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    from connectors._http import RedactingFilter
+    from connectors._redact import RedactingFilter
 
     handler.addFilter(RedactingFilter())  # tokens and secrets never reach the log file
     root = logging.getLogger()

@@ -314,6 +314,33 @@ class CockpitService:
         finally:
             store.close()
 
+    def view_stamp(self, *parts: str) -> str | None:
+        """A key that changes whenever a view of the store could: the store's files (see
+        `Store.files_stamp`), the demo's parameters, the settings, today, the cockpit's version and
+        `parts` (which view, quarter, scope). None when there is no store yet. Costs a few stat calls."""
+        import hashlib
+        import json
+        import os
+
+        from cockpit import __version__
+
+        files = Store.files_stamp(self.store_path)
+        if files is None:
+            return None
+        try:
+            demo = os.stat(self.data_dir / DEMO_PARAMS_FILE).st_mtime_ns
+        except OSError:
+            demo = 0
+        key = [files, demo, self.settings.model_dump_json(), self.today().isoformat(), __version__, *parts]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+
+    def paint_path(self, screen: str) -> Path:
+        """Where `screen` keeps what it last painted: beside the store, one file per OS user."""
+        import hashlib
+
+        user = hashlib.sha256(os_user().encode()).hexdigest()[:12]
+        return self.data_dir / f".painted-{screen}-{user}.json"
+
     def store_is_empty(self) -> bool:
         if not self.store_path.exists():
             return True

@@ -19,7 +19,6 @@ from connectors._http import (
     HttpClient,
     ProgressMeter,
     RateLimiter,
-    RedactingFilter,
     Retry,
     RetryPolicy,
     StageCatalog,
@@ -29,11 +28,10 @@ from connectors._http import (
     encode_cursor,
     finish_deal,
     make_opportunity,
-    redact,
-    register_secret,
     stage_change,
     to_decimal,
 )
+from connectors._redact import RedactingFilter, redact, register_secret
 from tests.fakes import FakeServer, Fault, Request, Response
 
 FAST = RetryPolicy(attempts=3, backoff=0.001, max_backoff=0.005, max_retry_after=1.0)

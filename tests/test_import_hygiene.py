@@ -18,6 +18,8 @@ def loaded_after(statement: str) -> set[str]:
     ("statement", "forbidden"),
     [
         ("import cockpit.app", {"sklearn", "scipy"}),
+        # what a start of the TUI imports before its first paint (the log file's redaction included)
+        ("import cockpit.app, cockpit.cli, connectors._redact", {"sklearn", "scipy", "httpx", "numpy"}),
         ("import cockpit.models, cockpit.models.submission", {"textual", "sklearn", "httpx", "sqlite3"}),
         ("import connectors, connectors.demo, connectors.csv", {"textual", "sklearn", "sqlite3"}),
         ("import cockpit.store", {"textual", "sklearn", "httpx"}),

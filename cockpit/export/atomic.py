@@ -22,8 +22,9 @@ class ExportError(Exception):
         self.message = message
 
 
-def write_atomic(path: Path | str, data: bytes, *, force: bool = False) -> Path:
-    """Write `data` to `path` atomically. Refuses to replace an existing file unless `force`."""
+def write_atomic(path: Path | str, data: bytes, *, force: bool = False, mode: int = FILE_MODE) -> Path:
+    """Write `data` to `path` atomically, with permissions `mode`. Refuses to replace an existing
+    file unless `force`."""
     target = Path(path)
     if target.is_dir():
         raise ExportError("Not a file", f"{target} is a directory; give a file name to write to")
@@ -43,7 +44,7 @@ def write_atomic(path: Path | str, data: bytes, *, force: bool = False) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, FILE_MODE)
+        os.chmod(tmp, mode)
         _place(tmp, target, force)
     except OSError as exc:
         raise ExportError("Cannot write", f"{target}: {exc.strerror or exc}") from None

@@ -3,6 +3,8 @@ the funnel's volume and velocity, and pipeline by lead source."""
 
 from __future__ import annotations
 
+import threading
+
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -14,8 +16,12 @@ from textual.widgets import Footer, Static
 from cockpit.format import compact, percent
 from cockpit.models import ForecastCategory, Quarter
 from cockpit.screens.base import CockpitScreen
+from cockpit.screens.painted import PaintCache, rows_from_json, rows_to_json, text_from_json, text_to_json
 from cockpit.service import CockpitService, ForecastView
-from cockpit.widgets.deal_table import Column, DealTable
+from cockpit.widgets.deal_table import Column, DealTable, PaintedRow
+
+PAINT_WAIT = 0.5
+"""Seconds the start view's load waits for its painted texts to reach the screen, at most."""
 
 OWNER_COLUMNS = (
     Column("name", "Owner", 14, flex=True),
@@ -55,6 +61,14 @@ def owner_cell(row, key: str) -> str:  # noqa: ANN001 - rollup.OwnerRow
         case "cov":
             return f"{row.coverage:.1f}×" if row.coverage is not None else "–"
     raise KeyError(key)
+
+
+def owner_key(row) -> str:  # noqa: ANN001 - rollup.OwnerRow
+    return row.owner_id + ("*" if row.own_deals_only else "")
+
+
+def funnel_key(row) -> str:  # noqa: ANN001 - views.FunnelRow
+    return f"{row.pipeline}/{row.stage}"
 
 
 def funnel_cell(row, key: str) -> str:  # noqa: ANN001 - views.FunnelRow
@@ -117,6 +131,23 @@ def sources_text(view: ForecastView) -> Text:
     return out
 
 
+def week_label(view: ForecastView) -> str:
+    quarter, as_of = view.rollup.quarter, view.rollup.as_of
+    if quarter.contains(as_of):
+        return f"week {quarter.week_of(as_of)}/{quarter.weeks}"
+    return "closed quarter" if as_of >= quarter.end else "future quarter"
+
+
+def paint_of(view: ForecastView) -> dict[str, object]:
+    """The texts the screen shows for `view`, to paint them at the next start (see `painted`)."""
+    return {
+        "summary": text_to_json(summary_text(view, week_label(view))),
+        "sources": text_to_json(sources_text(view)),
+        "owners": rows_to_json(view.rollup.rows, owner_key, lambda r: [owner_cell(r, c.key) for c in OWNER_COLUMNS]),
+        "funnel": rows_to_json(view.funnel, funnel_key, lambda r: [funnel_cell(r, c.key) for c in FUNNEL_COLUMNS]),
+    }
+
+
 class ForecastScreen(CockpitScreen):
     """The quarter at a glance."""
 
@@ -142,23 +173,32 @@ class ForecastScreen(CockpitScreen):
             super().__init__()
             self.view = view
 
+    class Painted(Message):
+        """The start view as painted last time, while the view itself loads."""
+
+        def __init__(self, summary: Text, sources: Text, owners: list[PaintedRow], funnel: list[PaintedRow]) -> None:
+            super().__init__()
+            self.summary, self.sources, self.owners, self.funnel = summary, sources, owners, funnel
+
     def __init__(self, service: CockpitService) -> None:
         super().__init__()
         self.service = service
         self.quarter: Quarter = service.current_quarter()
         self.scope: str | None = None
         self.view: ForecastView | None = None
+        self._painted = threading.Event()
+        """Set once the painted start view is on screen."""
 
     def compose(self) -> ComposeResult:
         yield Static("Loading the forecast…", id="forecast-summary")
         with Horizontal(id="forecast-tables"):
             with Vertical(id="forecast-team"):
                 yield Static("Team", classes="panel-title")
-                yield DealTable(OWNER_COLUMNS, owner_cell, lambda r: r.owner_id + ("*" if r.own_deals_only else ""),
+                yield DealTable(OWNER_COLUMNS, owner_cell, owner_key,
                                 id="forecast-owners", classes="-loads")
             with Vertical(id="forecast-funnel-box"):
                 yield Static("Funnel: open deals, median days in stage now and last quarter", classes="panel-title")
-                yield DealTable(FUNNEL_COLUMNS, funnel_cell, lambda r: f"{r.pipeline}/{r.stage}", id="forecast-funnel")
+                yield DealTable(FUNNEL_COLUMNS, funnel_cell, funnel_key, id="forecast-funnel")
         yield Static("", id="forecast-sources")
         yield Footer()
 
@@ -171,8 +211,48 @@ class ForecastScreen(CockpitScreen):
 
     @work(thread=True, exclusive=True, group="forecast", exit_on_error=False)
     def load_view(self) -> None:
+        cache = stamp = None
+        if self.view is None and self.scope is None and self.quarter == self.service.current_quarter():
+            # the start view: paint it as it was last time if nothing it shows can have changed
+            label = self.quarter.label
+            cache = PaintCache(self.service.paint_path("forecast"), lambda: self.service.view_stamp("forecast", label))
+            stamp = cache.stamp()
+            if self._paint(cache.load(stamp)):
+                # let the main thread paint it before the load takes the interpreter's time
+                self._painted.wait(timeout=PAINT_WAIT)
         self.app.store_ready.wait()  # type: ignore[attr-defined]
-        self.post_message(self.ViewLoaded(self.service.forecast_view(self.quarter, self.scope)))
+        view = self.service.forecast_view(self.quarter, self.scope)
+        self.post_message(self.ViewLoaded(view))
+        if cache is not None and stamp is not None and cache.stamp() == stamp:  # no write while it loaded
+            cache.save(stamp, paint_of(view))
+
+    def _paint(self, payload: dict[str, object] | None) -> bool:
+        """Post the painted start view in `payload`; False if there is none that can be used."""
+        if payload is None:
+            return False
+        try:
+            painted = self.Painted(
+                text_from_json(payload.get("summary")),
+                text_from_json(payload.get("sources")),
+                rows_from_json(payload.get("owners"), len(OWNER_COLUMNS)),
+                rows_from_json(payload.get("funnel"), len(FUNNEL_COLUMNS)),
+            )
+        except ValueError:  # damaged or foreign: load as if there were none
+            return False
+        self.post_message(painted)
+        return True
+
+    @on(Painted)
+    def show_painted(self, event: Painted) -> None:
+        if self.view is not None:  # the view itself came first
+            return
+        owners = self.query_one("#forecast-owners", DealTable)
+        owners.loading = False
+        owners.paint(event.owners)
+        self.query_one("#forecast-funnel", DealTable).paint(event.funnel)
+        self.query_one("#forecast-summary", Static).update(event.summary)
+        self.query_one("#forecast-sources", Static).update(event.sources)
+        self.call_after_refresh(self._painted.set)
 
     @on(ViewLoaded)
     def show_view(self, event: ViewLoaded) -> None:
@@ -182,11 +262,7 @@ class ForecastScreen(CockpitScreen):
         owners.loading = False
         owners.set_rows(view.rollup.rows)
         self.query_one("#forecast-funnel", DealTable).set_rows(view.funnel)
-        quarter = view.rollup.quarter
-        as_of = view.rollup.as_of
-        week = f"week {quarter.week_of(as_of)}/{quarter.weeks}" if quarter.contains(as_of) else (
-            "closed quarter" if as_of >= quarter.end else "future quarter")
-        self.query_one("#forecast-summary", Static).update(summary_text(view, week))
+        self.query_one("#forecast-summary", Static).update(summary_text(view, week_label(view)))
         self.query_one("#forecast-sources", Static).update(sources_text(view))
 
     @on(DealTable.RowChosen, "#forecast-owners")

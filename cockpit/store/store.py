@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,22 @@ class Store:
         self._stages: dict[str, Stage] | None = None
 
     # -- opening -------------------------------------------------------------------------------
+
+    @staticmethod
+    def files_stamp(path: Path | str) -> tuple[int, ...] | None:
+        """Sizes and modification times of the store at `path` and its write-ahead log, read without
+        opening it: every commit changes them (the log grows, or a checkpoint rewrites the file and
+        removes the log) and reads do not. None when there is no store."""
+        try:
+            db = os.stat(path)
+        except FileNotFoundError:
+            return None
+        try:
+            wal = os.stat(f"{path}-wal")
+        except FileNotFoundError:
+            return (db.st_size, db.st_mtime_ns, 0, 0)
+        # an empty log is created anew by each first connection: only one with commits counts
+        return (db.st_size, db.st_mtime_ns, wal.st_size, wal.st_mtime_ns if wal.st_size else 0)
 
     @classmethod
     def open(cls, path: Path | str, *, create: bool = True) -> Store:

@@ -24,6 +24,14 @@ RowT = TypeVar("RowT")
 
 
 @dataclass(frozen=True)
+class PaintedRow:
+    """A row shown from texts rendered earlier (a start-up cache), until `set_rows` brings the real one."""
+
+    key: str
+    texts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Column:
     """A typed column spec."""
 
@@ -141,7 +149,7 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
         self._cell = cell
         self._key = key
         self._row_class = row_class
-        self._rows: list[RowT] = []
+        self._rows: list[RowT | PaintedRow] = []
         self._index: dict[str, int] = {}
         self._text: dict[int, list[str]] = {}
         self._widths: list[int] = []
@@ -151,7 +159,7 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
 
     @property
     def rows(self) -> list[RowT]:
-        return self._rows
+        return [r for r in self._rows if not isinstance(r, PaintedRow)]
 
     @property
     def row_count(self) -> int:
@@ -161,11 +169,16 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
     def current_key(self) -> str | None:
         if not self._rows:
             return None
-        return self._key(self._rows[self.cursor_row])
+        return self._key_of(self._rows[self.cursor_row])
 
     @property
     def current_row(self) -> RowT | None:
-        return self._rows[self.cursor_row] if self._rows else None
+        """The row under the cursor (None while the table shows painted rows only)."""
+        row = self._rows[self.cursor_row] if self._rows else None
+        return None if isinstance(row, PaintedRow) else row
+
+    def _key_of(self, row: RowT | PaintedRow) -> str:
+        return row.key if isinstance(row, PaintedRow) else self._key(row)
 
     @property
     def current_column(self) -> Column:
@@ -173,9 +186,17 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
 
     def set_rows(self, rows: Sequence[RowT], *, keep_cursor: bool = True) -> None:
         """Replace the rows (already in display order); the cursor stays on the same key if it can."""
+        self._replace(list(rows), keep_cursor)
+
+    def paint(self, rows: Sequence[PaintedRow]) -> None:
+        """Show rows rendered earlier, as they were, until `set_rows` replaces them. The cursor moves
+        over them, but `current_row` stays None and `rows` empty: there is nothing behind them yet."""
+        self._replace(list(rows), keep_cursor=True)
+
+    def _replace(self, rows: list[RowT | PaintedRow], keep_cursor: bool) -> None:
         previous = self.current_key if keep_cursor else None
-        self._rows = list(rows)
-        self._index = {self._key(r): i for i, r in enumerate(self._rows)}
+        self._rows = rows
+        self._index = {self._key_of(r): i for i, r in enumerate(self._rows)}
         self._text.clear()
         self.virtual_size = Size(self._view_width, len(self._rows) + 1)
         target = self._index.get(previous, 0) if previous is not None else 0
@@ -198,7 +219,7 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
         self.cursor_row = index
         return True
 
-    def row_at(self, index: int) -> RowT:
+    def row_at(self, index: int) -> RowT | PaintedRow:
         return self._rows[index]
 
     def cells(self, index: int) -> list[str]:
@@ -206,7 +227,10 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
         texts = self._text.get(index)
         if texts is None:
             row = self._rows[index]
-            texts = [self._cell(row, c.key) for c in self.columns]
+            if isinstance(row, PaintedRow):
+                texts = list(row.texts)
+            else:
+                texts = [self._cell(row, c.key) for c in self.columns]
             self._text[index] = texts
         return texts
 
@@ -315,8 +339,9 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
         style = self.rich_style
         if index % 2:
             style += self.get_component_rich_style("deal-table--odd")
-        if self._row_class is not None:
-            marker = self._row_class(self._rows[index])
+        row = self._rows[index]
+        if self._row_class is not None and not isinstance(row, PaintedRow):
+            marker = self._row_class(row)
             if marker in ("flagged", "muted"):
                 style += self.get_component_rich_style(f"deal-table--{marker}")
         if index == self.cursor_row:
