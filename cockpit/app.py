@@ -63,6 +63,8 @@ class CockpitApp(App[None]):
         self.settings = settings
         self.store_ready = threading.Event()
         """Set once the store holds data (after the first-run sync); screen loaders wait on it."""
+        self.first_frame = threading.Event()
+        """Set once the first screen has been drawn: work that would delay it can wait on it."""
         self.scores_version = 0
         """Bumped whenever the open deals were scored again; screens reload when theirs is older."""
         # The start screen is imported with the app; the others when first shown (~40 ms of start-up).
@@ -78,6 +80,10 @@ class CockpitApp(App[None]):
         if self.settings.ui.theme:
             self.theme = self.settings.ui.theme
         self.prepare_store()
+
+    def on_ready(self) -> None:
+        # Ready comes after the first layout; the screen's next refresh is the first frame written
+        self.screen.call_after_refresh(self.first_frame.set)
 
     @work(thread=True, exclusive=True, group="first-run", exit_on_error=False)
     def prepare_store(self) -> None:

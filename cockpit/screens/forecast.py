@@ -16,7 +16,14 @@ from textual.widgets import Footer, Static
 from cockpit.format import compact, percent
 from cockpit.models import ForecastCategory, Quarter
 from cockpit.screens.base import CockpitScreen
-from cockpit.screens.painted import PaintCache, rows_from_json, rows_to_json, text_from_json, text_to_json
+from cockpit.screens.painted import (
+    PaintCache,
+    PaintRead,
+    rows_from_json,
+    rows_to_json,
+    text_from_json,
+    text_to_json,
+)
 from cockpit.service import CockpitService, ForecastView
 from cockpit.widgets.deal_table import Column, DealTable, PaintedRow
 
@@ -148,6 +155,16 @@ def paint_of(view: ForecastView) -> dict[str, object]:
     }
 
 
+def parse_paint(payload: dict[str, object]) -> ForecastScreen.Painted:
+    """The message that shows a painted start view; ValueError if `payload` is not one."""
+    return ForecastScreen.Painted(
+        text_from_json(payload.get("summary")),
+        text_from_json(payload.get("sources")),
+        rows_from_json(payload.get("owners"), len(OWNER_COLUMNS)),
+        rows_from_json(payload.get("funnel"), len(FUNNEL_COLUMNS)),
+    )
+
+
 class ForecastScreen(CockpitScreen):
     """The quarter at a glance."""
 
@@ -187,7 +204,14 @@ class ForecastScreen(CockpitScreen):
         self.scope: str | None = None
         self.view: ForecastView | None = None
         self._painted = threading.Event()
-        """Set once the painted start view is on screen."""
+        """Set once the painted start view is on screen (`_painted_shown`: once it is on its way)."""
+        self._painted_shown = False
+        label = self.quarter.label
+        self._start: PaintRead[ForecastScreen.Painted] | None = PaintRead(
+            lambda: PaintCache(service.paint_path("forecast"), lambda: service.view_stamp("forecast", label)),
+            parse_paint,
+        )
+        """The start view as painted last time, read while the app starts (None once loaded)."""
 
     def compose(self) -> ComposeResult:
         yield Static("Loading the forecast…", id="forecast-summary")
@@ -203,7 +227,11 @@ class ForecastScreen(CockpitScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#forecast-owners", DealTable).loading = True
+        painted = self._start.ready() if self._start is not None else None
+        if painted is not None:  # read already: on screen with the first render
+            self.show_painted(painted)
+        else:
+            self.query_one("#forecast-owners", DealTable).loading = True
         self.load_view()
 
     def on_resize(self) -> None:
@@ -211,36 +239,21 @@ class ForecastScreen(CockpitScreen):
 
     @work(thread=True, exclusive=True, group="forecast", exit_on_error=False)
     def load_view(self) -> None:
-        cache = stamp = None
-        if self.view is None and self.scope is None and self.quarter == self.service.current_quarter():
-            # the start view: paint it as it was last time if nothing it shows can have changed
-            label = self.quarter.label
-            cache = PaintCache(self.service.paint_path("forecast"), lambda: self.service.view_stamp("forecast", label))
-            stamp = cache.stamp()
-            if self._paint(cache.load(stamp)):
-                # let the main thread paint it before the load takes the interpreter's time
-                self._painted.wait(timeout=PAINT_WAIT)
+        start, self._start = self._start, None
+        if start is not None:
+            painted = None if self._painted_shown else start.wait(PAINT_WAIT)
+            if painted is not None:
+                self.post_message(painted)
+            if painted is not None or self._painted_shown:
+                # let the main thread put it on screen before the load takes the interpreter's time
+                self.app.first_frame.wait(PAINT_WAIT)  # type: ignore[attr-defined]
+                self._painted.wait(PAINT_WAIT)
         self.app.store_ready.wait()  # type: ignore[attr-defined]
         view = self.service.forecast_view(self.quarter, self.scope)
         self.post_message(self.ViewLoaded(view))
-        if cache is not None and stamp is not None and cache.stamp() == stamp:  # no write while it loaded
-            cache.save(stamp, paint_of(view))
-
-    def _paint(self, payload: dict[str, object] | None) -> bool:
-        """Post the painted start view in `payload`; False if there is none that can be used."""
-        if payload is None:
-            return False
-        try:
-            painted = self.Painted(
-                text_from_json(payload.get("summary")),
-                text_from_json(payload.get("sources")),
-                rows_from_json(payload.get("owners"), len(OWNER_COLUMNS)),
-                rows_from_json(payload.get("funnel"), len(FUNNEL_COLUMNS)),
-            )
-        except ValueError:  # damaged or foreign: load as if there were none
-            return False
-        self.post_message(painted)
-        return True
+        cache = start.cache if start is not None else None
+        if cache is not None and start.stamp is not None and cache.stamp() == start.stamp:
+            cache.save(start.stamp, paint_of(view))  # nothing was written while it loaded
 
     @on(Painted)
     def show_painted(self, event: Painted) -> None:
@@ -252,6 +265,7 @@ class ForecastScreen(CockpitScreen):
         self.query_one("#forecast-funnel", DealTable).paint(event.funnel)
         self.query_one("#forecast-summary", Static).update(event.summary)
         self.query_one("#forecast-sources", Static).update(event.sources)
+        self._painted_shown = True
         self.call_after_refresh(self._painted.set)
 
     @on(ViewLoaded)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from rich.errors import StyleSyntaxError
 from rich.style import Style
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 """Bumped when the payload's shape changes: files of another format are ignored."""
+
+T = TypeVar("T")
 
 
 class PaintCache:
@@ -58,6 +61,42 @@ class PaintCache:
             write_atomic(self.path, data.encode("utf-8"), force=True, mode=0o600)
         except ExportError as exc:
             log.info("paint not kept: %s", exc)
+
+
+class PaintRead(Generic[T]):
+    """A PaintCache read and parsed in a thread of its own, begun as the screen is made, so the
+    painted texts are usually there before the screen's first render, without I/O on the event loop."""
+
+    def __init__(self, open_cache: Callable[[], PaintCache], parse: Callable[[dict[str, Any]], T]) -> None:
+        self.cache: PaintCache | None = None
+        """The cache read (None until the read has begun)."""
+        self.stamp: str | None = None
+        """The stamp the read was made under (None: no store)."""
+        self._open = open_cache
+        self._parse = parse
+        self._value: T | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._read, name="paint-read", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            self.cache = self._open()
+            self.stamp = self.cache.stamp()
+            payload = self.cache.load(self.stamp)
+            self._value = self._parse(payload) if payload is not None else None
+        except Exception as exc:  # noqa: BLE001 - damaged, foreign or unreadable: as if there were none
+            log.info("painted view not used: %s", exc)
+        finally:
+            self._done.set()
+
+    def ready(self) -> T | None:
+        """The parsed paint if the read is done and found one; never waits."""
+        return self._value if self._done.is_set() else None
+
+    def wait(self, timeout: float) -> T | None:
+        """The parsed paint, waiting for the read at most `timeout` seconds."""
+        self._done.wait(timeout)
+        return self._value
 
 
 def text_to_json(text: Text) -> dict[str, Any]:
