@@ -74,6 +74,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("activities_30d", "num", "activity", "activities in the last `activity_window_days`"),
     FeatureSpec("owner_win_rate", "num", "owner", "owner's win rate on deals closed before the date"),
     FeatureSpec("team_win_rate", "num", "team", "team's win rate on deals closed before the date"),
+    FeatureSpec("owner_closed_deals", "num", "owner", "owner's deals closed before the date (experience)"),
     FeatureSpec("forecast_category", "cat", "forecast_category", "the rep's forecast category then"),
     FeatureSpec("lead_source", "cat", "lead_source", "lead source"),
     FeatureSpec("type", "cat", "type", "deal type"),
@@ -166,12 +167,11 @@ class WinEvents:
             np.array(won, dtype=np.int64),
         )
 
-    def rates(
-        self, who: np.ndarray, days: np.ndarray, by: Literal["owner", "team"], prior: float
-    ) -> np.ndarray:
-        """Smoothed win rate of `who` (owner or team codes, -1 unknown) on deals closed before `days`."""
+    def counts(
+        self, who: np.ndarray, days: np.ndarray, by: Literal["owner", "team"]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Deals of `who` (owner or team codes, -1 unknown) closed before `days`, and how many were won."""
         codes = self.owner if by == "owner" else self.team
-        base_rate = self._global_rate(days)
         keep = codes >= 0
         keys = (codes[keep] << _SHIFT) + self.day[keep]
         order = np.argsort(keys, kind="stable")
@@ -183,6 +183,14 @@ class WinEvents:
         stop = np.searchsorted(keys, (safe << _SHIFT) + days, side="left")
         n = np.where(known, stop - start, 0).astype(np.float64)
         wins = np.where(known, cum_won[stop] - cum_won[start], 0).astype(np.float64)
+        return n, wins
+
+    def rates(
+        self, who: np.ndarray, days: np.ndarray, by: Literal["owner", "team"], prior: float
+    ) -> np.ndarray:
+        """Smoothed win rate of `who` (owner or team codes, -1 unknown) on deals closed before `days`."""
+        n, wins = self.counts(who, days, by)
+        base_rate = self._global_rate(days)
         if prior > 0:
             return (wins + prior * base_rate) / (n + prior)
         return np.where(n > 0, wins / np.maximum(n, 1.0), base_rate)
@@ -643,6 +651,7 @@ def _static_columns(
     owner, team = _owner_team_codes(flat, ctx)
     ev = ctx.win_events
     cols["owner_win_rate"] = ev.rates(owner[deal_index], days, "owner", ctx.win_rate_prior)
+    cols["owner_closed_deals"] = ev.counts(owner[deal_index], days, "owner")[0]
     cols["team_win_rate"] = ev.rates(team[deal_index], days, "team", ctx.win_rate_prior)
     for name in ("lead_source", "type", "currency"):
         cols[name] = _codes(flat.statics[name][0][deal_index])

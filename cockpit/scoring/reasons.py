@@ -155,7 +155,12 @@ def describe(
         return _activity(values, activity_window)
     if group == "owner":
         rate = _n(values.get("owner_win_rate"))
-        return f"{owner} wins {rate:.0%} of closed deals"
+        closed = values.get("owner_closed_deals")
+        if closed is None or math.isnan(closed):  # switched off in config
+            return f"{owner} wins {rate:.0%} of closed deals"
+        if closed < 1:
+            return f"{owner} has no closed deals yet"
+        return f"{owner}'s win rate {rate:.0%} (from {closed:,.0f} closed deal{'' if closed == 1 else 's'})"
     if group == "team":
         rate = _n(values.get("team_win_rate"))
         return f"{team} wins {rate:.0%} of closed deals"
