@@ -25,8 +25,9 @@ from cockpit.models import DealHistory, FiscalCalendar
 from cockpit.scoring.errors import ModelFileError
 
 FORMAT = "cockpit-win-model"
-FORMAT_VERSION = 2
-"""Bump when the file layout changes; older files are refused with a request to retrain."""
+FORMAT_VERSION = 3
+"""Bump when the file layout or the built-in feature list changes; older files are refused with a
+request to retrain (3: the owner's closed deals)."""
 _META = "__meta__"
 
 
