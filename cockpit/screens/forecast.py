@@ -206,6 +206,7 @@ class ForecastScreen(CockpitScreen):
         self._painted = threading.Event()
         """Set once the painted start view is on screen (`_painted_shown`: once it is on its way)."""
         self._painted_shown = False
+        self._start_quarter = self.quarter
         label = self.quarter.label
         self._start: PaintRead[ForecastScreen.Painted] | None = PaintRead(
             lambda: PaintCache(service.paint_path("forecast"), lambda: service.view_stamp("forecast", label)),
@@ -249,11 +250,13 @@ class ForecastScreen(CockpitScreen):
                 self.app.first_frame.wait(PAINT_WAIT)  # type: ignore[attr-defined]
                 self._painted.wait(PAINT_WAIT)
         self.app.store_ready.wait()  # type: ignore[attr-defined]
-        view = self.service.forecast_view(self.quarter, self.scope)
+        quarter, scope = self.quarter, self.scope
+        view = self.service.forecast_view(quarter, scope)
         self.post_message(self.ViewLoaded(view))
         cache = start.cache if start is not None else None
-        if cache is not None and start.stamp is not None and cache.stamp() == start.stamp:
-            cache.save(start.stamp, paint_of(view))  # nothing was written while it loaded
+        if (cache is not None and start.stamp is not None and quarter == self._start_quarter and scope is None
+                and cache.stamp() == start.stamp):  # the start view, and nothing was written while it loaded
+            cache.save(start.stamp, paint_of(view))
 
     @on(Painted)
     def show_painted(self, event: Painted) -> None:
