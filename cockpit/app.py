@@ -18,7 +18,7 @@ from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from cockpit.config import Settings
-from cockpit.messages import ScoresUpdated
+from cockpit.messages import FirstFrame, ScoresUpdated
 from cockpit.screens.forecast import ForecastScreen
 from cockpit.service import CockpitService
 
@@ -83,7 +83,11 @@ class CockpitApp(App[None]):
 
     def on_ready(self) -> None:
         # Ready comes after the first layout; the screen's next refresh is the first frame written
-        self.screen.call_after_refresh(self.first_frame.set)
+        self.screen.call_after_refresh(self._drawn)
+
+    def _drawn(self) -> None:
+        self.first_frame.set()
+        self.screen.post_message(FirstFrame())
 
     @work(thread=True, exclusive=True, group="first-run", exit_on_error=False)
     def prepare_store(self) -> None:

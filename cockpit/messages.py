@@ -13,3 +13,7 @@ class ScoresUpdated(Message):
 
     version: str
     """The model version that made the scores."""
+
+
+class FirstFrame(Message):
+    """The app's first frame has been drawn: the start screen can add what it left out of it."""

@@ -14,6 +14,7 @@ from textual.message import Message
 from textual.widgets import Footer, Static
 
 from cockpit.format import compact, percent
+from cockpit.messages import FirstFrame
 from cockpit.models import ForecastCategory, Quarter
 from cockpit.screens.base import CockpitScreen
 from cockpit.screens.painted import (
@@ -225,9 +226,12 @@ class ForecastScreen(CockpitScreen):
                 yield Static("Funnel: open deals, median days in stage now and last quarter", classes="panel-title")
                 yield DealTable(FUNNEL_COLUMNS, funnel_cell, funnel_key, id="forecast-funnel")
         yield Static("", id="forecast-sources")
-        yield Footer()
+        # The footer comes with the second frame (`add_footer`): composing its keys costs the first
+        # paint ~0.1 s, and the quarter's numbers matter more than the key hints at start.
 
     def on_mount(self) -> None:
+        if self.app.first_frame.is_set():  # type: ignore[attr-defined] # not the app's start screen
+            self.post_message(FirstFrame())
         painted = self._start.ready() if self._start is not None else None
         if painted is not None:  # read already: on screen with the first render
             self.show_painted(painted)
@@ -257,6 +261,12 @@ class ForecastScreen(CockpitScreen):
         if (cache is not None and start.stamp is not None and quarter == self._start_quarter and scope is None
                 and cache.stamp() == start.stamp):  # the start view, and nothing was written while it loaded
             cache.save(start.stamp, paint_of(view))
+
+    @on(FirstFrame)
+    async def add_footer(self) -> None:
+        if not self.query(Footer):
+            await self.mount(Footer())
+            self.refresh_bindings()  # a footer shows keys when told the bindings changed
 
     @on(Painted)
     def show_painted(self, event: Painted) -> None:
