@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_UP, Decimal, localcontext
 
 import numpy as np
 import pytest
@@ -278,6 +278,94 @@ def test_rollup_model_view_covers_every_open_deal_and_the_run_rate():
     assert r.range.expected == Decimal("40000") + sum(open_values, Decimal(0)) / 2 + Decimal("1000")
     assert r.model_expectation == r.range.expected
     assert r.range.p10 <= r.range.p50 <= r.range.p90
+
+
+deal_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["qualify", "proposal", "negotiate", "won", "lost"]),
+        st.decimals(min_value=Decimal("0"), max_value=Decimal("9999999.999"), places=3),
+        st.integers(min_value=-30, max_value=150),  # close date from the quarter's start (deals were created a month before)
+        st.sampled_from(["r1", "r2", "r3", "m1", "nobody"]),
+        st.sampled_from(["CNY", "USD"]),
+        st.sampled_from([None, *ForecastCategory]),
+        st.sampled_from([None, "0.25", "0.5", "0.50", "0.333"]),
+        st.one_of(st.none(), st.floats(min_value=0, max_value=1)),
+    ),
+    max_size=40,
+)
+
+
+def reference_totals(deals) -> tuple:
+    """Category sums added deal by deal, and the model's float sum per (owner, pipeline) cell in
+    deal order, the cells then added in the order they first appear: how the roll-up used to sum."""
+    closed, weighted, count = Decimal(0), Decimal(0), 0
+    sums = dict.fromkeys(ForecastCategory, Decimal(0))
+    cells: dict[tuple[str, str], list[float]] = {}
+    for d in deals:
+        cell = cells.setdefault((d.owner_id, d.pipeline_id), [])
+        if d.won:
+            closed += d.value
+            count += 1
+            continue
+        if d.p_in_quarter is not None:
+            cell.append(d.p_in_quarter * float(d.value))
+        if d.in_quarter:
+            sums[d.category] += d.value
+            weighted += d.value * d.stage_probability
+            count += 1
+    model = 0.0
+    for terms in cells.values():
+        cell_sum = 0.0
+        for term in terms:
+            cell_sum += term
+        model += cell_sum
+    scored = any(cells.values())
+    model_open = Decimal(repr(model)).quantize(Decimal("0.01")) if scored else None
+    return closed, sums, weighted.quantize(Decimal("0.01")), model_open, count
+
+
+@settings(max_examples=150, deadline=None)
+@given(deal_rows)
+def test_rollup_sums_exactly_what_adding_deal_by_deal_gives(rows):
+    """The roll-up's grouped sums are the deal-by-deal sums to the cent (and its float model sum to the bit)."""
+    snaps, probs = [], {}
+    for n, (stage, amount, offset, owner, currency, category, probability, p) in enumerate(rows):
+        close = Q3.start + timedelta(days=offset)
+        snaps.append(
+            snap(f"d{n}", stage, str(amount), close, owner=owner, currency=currency, category=category,
+                 probability=probability)
+        )
+        if p is not None:
+            probs[f"d{n}"] = p
+    r = rollup(snaps, Q3, as_of=AS_OF, pipelines=[PIPELINE], tree=TREE, config=CONFIG, probabilities=probs)
+    closed, sums, weighted, model_open, count = reference_totals(r.deals)
+    t = r.totals
+    assert (t.closed, t.weighted, t.model_open, t.deals) == (closed, weighted, model_open, count)
+    for category in ForecastCategory:
+        if category is not ForecastCategory.CLOSED:
+            assert t.of(category) == sums[category]
+            assert str(t.of(category)) == str(sums[category])  # the same exponent too
+    open_scored = [d for d in r.deals if not d.deal.is_closed and d.p_in_quarter is not None]
+    assert r.unscored == sum(1 for d in r.deals if not d.deal.is_closed) - len(open_scored)
+    assert r.range is not None and r.range.deals == len(open_scored)
+    assert r.range == forecast_range(
+        t.closed, [d.value for d in open_scored], [d.p_in_quarter for d in open_scored]  # type: ignore[misc]
+    )
+    for row in r.rows:
+        members = set(row.members)
+        assert row.totals == rollup(
+            [s for s in snaps if s.deal.owner_id in members], Q3, as_of=AS_OF, pipelines=[PIPELINE],
+            tree=TREE, config=CONFIG, probabilities=probs,
+        ).totals
+
+
+def test_conversion_rounds_half_even_whatever_the_context():
+    """Values are cent-rounded half-even even when the caller's decimal context rounds otherwise."""
+    snaps = [snap("a", "qualify", "0.125", date(2026, 9, 1)), snap("b", "qualify", "0.0025", date(2026, 9, 1), currency="USD")]
+    with localcontext() as ctx:
+        ctx.rounding = ROUND_UP
+        deals = forecast_deals(snaps, Q3, AS_OF, STAGES, CONFIG)
+    assert [d.value for d in deals] == [Decimal("0.12"), Decimal("0.02")]  # 0.0025 × 7.20 = 0.018
 
 
 def test_rollup_missing_fx_rate_is_reported():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -36,6 +36,10 @@ from cockpit.models import ForecastCategory, Opportunity, OrgTree, Stage
 
 CENT = Decimal("0.01")
 """Converted amounts are rounded to the cent (half-even), so sums of converted amounts are exact."""
+MONEY = Context(prec=28, rounding=ROUND_HALF_EVEN)
+"""The arithmetic of conversions: the default precision, half-even rounding, whatever the thread's
+context says. Its bound methods (`MONEY.quantize(x, CENT)`) also cost half of
+`x.quantize(CENT, rounding=...)`, which matters once per deal in a 100,000-deal roll-up."""
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 
@@ -204,4 +208,4 @@ class Fx:
         rate = self._rates.get(currency)
         if rate is None:
             rate = self.rate(currency)  # raises the explanatory FxError
-        return (amount * rate).quantize(CENT, rounding=ROUND_HALF_EVEN)
+        return MONEY.quantize(MONEY.multiply(amount, rate), CENT)
