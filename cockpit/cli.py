@@ -203,7 +203,20 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
             f"from {summary.connector} in {summary.seconds:.1f}s"
             + (f" (resumed from {summary.resumed_from})" if summary.resumed_from else "")
         )
-    return _refresh_model(service, quiet=args.quiet or args.json)
+    code = _refresh_model(service, quiet=args.quiet or args.json)
+    keep_start_view(service)
+    return code
+
+
+def keep_start_view(service: Any) -> None:
+    """After the store changed: paint the app's start view now, so the next `cockpit` shows it
+    with its first frame instead of computing it (~0.3 s). Only a head start: nothing fails here."""
+    try:
+        from cockpit.screens.forecast import keep_start_view as keep
+
+        keep(service)
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the app computes the view itself
+        logging.getLogger(__name__).info("start view not kept: %r", exc)
 
 
 def _refresh_model(service: Any, *, quiet: bool) -> int:
@@ -323,6 +336,7 @@ def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
         mouse = not any(os.environ.get(v) for v in ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY"))
     app = build_app(service, settings)
     app.run(mouse=mouse)
+    keep_start_view(service)  # the terminal is back: reviews may have written to the store
     return int(app.return_code or 0)
 
 

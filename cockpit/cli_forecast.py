@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cockpit.cli import EXIT_OK, StepProgress, UsageProblem, _parse_date, _service, fail
+from cockpit.cli import EXIT_OK, StepProgress, UsageProblem, _parse_date, _service, fail, keep_start_view
 from cockpit.config import Settings
 from cockpit.format import compact, json_ready
 
@@ -67,6 +67,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(report.to_text())
         print(f"\nsaved {service.model_path} ({run.version}); scored {run.scored:,} open deals in {run.seconds:.1f}s")
+    keep_start_view(service)
     return EXIT_OK
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from cockpit.__main__ import main
-from cockpit.config import Settings
+from cockpit.config import Settings, load_settings
 from cockpit.export import read_submission_toml
+from cockpit.screens.forecast import start_paint_cache
 from cockpit.service import CockpitService
 from cockpit.store import Store
 from tests.factories import small_batch
@@ -68,6 +69,14 @@ def test_first_sync_trains_and_scores_every_open_deal(demo_dir):
         run = store.latest_model_run()
     assert open_ids and set(scores) == open_ids
     assert run is not None and run["report"]["targets"]["won"]["metrics"]["model"]["brier"] > 0
+
+
+def test_sync_paints_the_apps_start_view_for_its_next_start(demo_dir):
+    service = CockpitService(load_settings(None), demo_dir, today=date.fromisoformat(AS_OF))
+    cache = start_paint_cache(service)
+    payload = cache.load(cache.stamp())  # the stamp of the store as the sync left it
+    assert payload is not None
+    assert "FY2026-Q4" in payload["summary"]["plain"] and "Best case" in payload["summary"]["plain"]
 
 
 def test_sync_keeps_the_model_until_outcomes_change(store_dir, capsys):

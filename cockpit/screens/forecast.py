@@ -156,6 +156,34 @@ def paint_of(view: ForecastView) -> dict[str, object]:
     }
 
 
+def start_paint_cache(service: CockpitService) -> PaintCache:
+    """Where the start view (this quarter, the default scope) is kept as painted."""
+    label = service.current_quarter().label
+    return PaintCache(service.paint_path("forecast"), lambda: service.view_stamp("forecast", label))
+
+
+def keep_start_view(service: CockpitService) -> None:
+    """Keep the paint of the start view unless the one kept is still current: the next start of the
+    app then shows it with its first frame. For after a sync, and after the app (whose reviews
+    write to the store) has quit."""
+    cache = start_paint_cache(service)
+    stamp = cache.stamp()
+    if stamp is not None and cache.load(stamp) is None:
+        load_forecast_view(service)
+
+
+def load_forecast_view(
+    service: CockpitService, quarter: Quarter | None = None, scope: str | None = None, *, keep: bool = True
+) -> ForecastView:
+    """The view of `quarter` and `scope`; with `keep` (it is the start view) its paint is kept too."""
+    cache = start_paint_cache(service) if keep else None
+    stamp = cache.stamp() if cache is not None else None
+    view = service.forecast_view(quarter, scope)
+    if cache is not None and stamp is not None and cache.stamp() == stamp:  # nothing written meanwhile
+        cache.save(stamp, paint_of(view))
+    return view
+
+
 def parse_paint(payload: dict[str, object]) -> ForecastScreen.Painted:
     """The message that shows a painted start view; ValueError if `payload` is not one."""
     return ForecastScreen.Painted(
@@ -207,11 +235,10 @@ class ForecastScreen(CockpitScreen):
         self._painted = threading.Event()
         """Set once the painted start view is on screen (`_painted_shown`: once it is on its way)."""
         self._painted_shown = False
-        self._start_quarter = self.quarter
-        label = self.quarter.label
+        self._home: tuple[Quarter, str | None] = (self.quarter, None)
+        """The start view's quarter and scope (the default scope's id once known): its paint is kept."""
         self._start: PaintRead[ForecastScreen.Painted] | None = PaintRead(
-            lambda: PaintCache(service.paint_path("forecast"), lambda: service.view_stamp("forecast", label)),
-            parse_paint,
+            lambda: start_paint_cache(service), parse_paint
         )
         """The start view as painted last time, read while the app starts (None once loaded)."""
 
@@ -255,12 +282,9 @@ class ForecastScreen(CockpitScreen):
                 self._painted.wait(PAINT_WAIT)
         self.app.store_ready.wait()  # type: ignore[attr-defined]
         quarter, scope = self.quarter, self.scope
-        view = self.service.forecast_view(quarter, scope)
+        # the start view's paint is kept before it is shown: the next start has it even if this one ends now
+        view = load_forecast_view(self.service, quarter, scope, keep=(quarter, scope) == self._home)
         self.post_message(self.ViewLoaded(view))
-        cache = start.cache if start is not None else None
-        if (cache is not None and start.stamp is not None and quarter == self._start_quarter and scope is None
-                and cache.stamp() == start.stamp):  # the start view, and nothing was written while it loaded
-            cache.save(start.stamp, paint_of(view))
 
     @on(FirstFrame)
     async def add_footer(self) -> None:
@@ -284,6 +308,8 @@ class ForecastScreen(CockpitScreen):
     @on(ViewLoaded)
     def show_view(self, event: ViewLoaded) -> None:
         view = self.view = event.view
+        if self._home[1] is None and view.rollup.quarter == self._home[0]:
+            self._home = (self._home[0], view.scope)  # the default scope, by its id
         self.scope = view.scope
         owners = self.query_one("#forecast-owners", DealTable)
         owners.loading = False

@@ -68,10 +68,6 @@ class PaintRead(Generic[T]):
     painted texts are usually there before the screen's first render, without I/O on the event loop."""
 
     def __init__(self, open_cache: Callable[[], PaintCache], parse: Callable[[dict[str, Any]], T]) -> None:
-        self.cache: PaintCache | None = None
-        """The cache read (None until the read has begun)."""
-        self.stamp: str | None = None
-        """The stamp the read was made under (None: no store)."""
         self._open = open_cache
         self._parse = parse
         self._value: T | None = None
@@ -80,9 +76,8 @@ class PaintRead(Generic[T]):
 
     def _read(self) -> None:
         try:
-            self.cache = self._open()
-            self.stamp = self.cache.stamp()
-            payload = self.cache.load(self.stamp)
+            cache = self._open()
+            payload = cache.load(cache.stamp())
             self._value = self._parse(payload) if payload is not None else None
         except Exception as exc:  # noqa: BLE001 - damaged, foreign or unreadable: as if there were none
             log.info("painted view not used: %s", exc)
