@@ -208,13 +208,17 @@ def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
-def keep_start_view(service: Any) -> None:
+QUIT_PAINT_SECONDS = 0.5
+"""As the app quits, its start view is painted again only if computing it took at most this long."""
+
+
+def keep_start_view(service: Any, *, at_most: float | None = None) -> None:
     """After the store changed: paint the app's start view now, so the next `cockpit` shows it
     with its first frame instead of computing it (~0.3 s). Only a head start: nothing fails here."""
     try:
         from cockpit.screens.forecast import keep_start_view as keep
 
-        keep(service)
+        keep(service, at_most=at_most)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the app computes the view itself
         logging.getLogger(__name__).info("start view not kept: %r", exc)
 
@@ -336,7 +340,7 @@ def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
         mouse = not any(os.environ.get(v) for v in ("SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY"))
     app = build_app(service, settings)
     app.run(mouse=mouse)
-    keep_start_view(service)  # the terminal is back: reviews may have written to the store
+    keep_start_view(service, at_most=QUIT_PAINT_SECONDS)  # the terminal is back; reviews write to the store
     return int(app.return_code or 0)
 
 

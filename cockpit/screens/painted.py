@@ -41,22 +41,32 @@ class PaintCache:
 
     def load(self, stamp: str | None) -> dict[str, Any] | None:
         """The payload saved under `stamp`, or None (no stamp or file, another stamp, unreadable)."""
-        if stamp is None:
-            return None
-        try:
-            stored = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        if not isinstance(stored, dict) or stored.get("format") != FORMAT or stored.get("stamp") != stamp:
+        stored = self._stored()
+        if stamp is None or stored is None or stored.get("stamp") != stamp:
             return None
         payload = stored.get("payload")
         return payload if isinstance(payload, dict) else None
 
-    def save(self, stamp: str, payload: dict[str, Any]) -> None:
-        """Keep `payload` under `stamp`, atomically; a data dir that cannot be written is only logged."""
+    def cost(self) -> float | None:
+        """Seconds the kept paint's view took to compute, whatever its stamp (None if unknown)."""
+        seconds = (self._stored() or {}).get("seconds")
+        return float(seconds) if isinstance(seconds, (int, float)) else None
+
+    def _stored(self) -> dict[str, Any] | None:
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return stored if isinstance(stored, dict) and stored.get("format") == FORMAT else None
+
+    def save(self, stamp: str, payload: dict[str, Any], seconds: float) -> None:
+        """Keep `payload`, whose view took `seconds` to compute, under `stamp`, atomically; a data dir
+        that cannot be written is only logged."""
         from cockpit.export.atomic import ExportError, write_atomic
 
-        data = json.dumps({"format": FORMAT, "stamp": stamp, "payload": payload}, ensure_ascii=False)
+        data = json.dumps(
+            {"format": FORMAT, "stamp": stamp, "seconds": round(seconds, 3), "payload": payload}, ensure_ascii=False
+        )
         try:
             write_atomic(self.path, data.encode("utf-8"), force=True, mode=0o600)
         except ExportError as exc:
