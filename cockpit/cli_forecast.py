@@ -108,8 +108,14 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         })
     if args.json:
         _dump({"quarter": quarter.label, "as_of": service.today(), "model_version": run.version, "deals": records})
-        return EXIT_OK
-    print(f"{quarter.label} · {len(records)} open deals · model {run.version} · as of {service.today()}")
+    else:
+        _print_scores(quarter.label, run.version, service.today(), records)
+    keep_start_view(service)  # the scores were written again
+    return EXIT_OK
+
+
+def _print_scores(quarter: str, version: str, today: object, records: list[dict[str, Any]]) -> None:
+    print(f"{quarter} · {len(records)} open deals · model {version} · as of {today}")
     for r in records:
         p = "–" if r["p_won"] is None else f"{r['p_won']:.0%}"
         q = "–" if r["p_in_quarter"] is None else f"{r['p_in_quarter']:.0%}"
@@ -118,7 +124,6 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  CRM {float(r['crm_probability']):.0%} · model: win {p}, this quarter {q}")
         for reason in r["reasons"]:
             print(f"  {reason['points']:+5.1f} pts  {reason['text']}")
-    return EXIT_OK
 
 
 # -- the forecast -----------------------------------------------------------------------------------
