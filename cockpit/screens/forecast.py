@@ -3,7 +3,6 @@ the funnel's volume and velocity, and pipeline by lead source."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 
@@ -173,8 +172,10 @@ def keep_start_view(service: CockpitService, *, at_most: float | None = None) ->
     stamp = cache.stamp()
     if stamp is None or cache.load(stamp) is not None:
         return
-    if at_most is not None and (cache.cost() or math.inf) > at_most:
-        return
+    if at_most is not None:
+        cost = cache.cost()
+        if cost is None or cost > at_most:  # unknown, or too slow to wait for
+            return
     load_forecast_view(service)
 
 

@@ -159,7 +159,8 @@ class DealTable(ScrollView, Generic[RowT], can_focus=True):
 
     @property
     def rows(self) -> list[RowT]:
-        return [r for r in self._rows if not isinstance(r, PaintedRow)]
+        """The rows (none while the table shows painted rows: `paint` and `set_rows` replace them all)."""
+        return [] if self._rows and isinstance(self._rows[0], PaintedRow) else self._rows  # type: ignore[return-value]
 
     @property
     def row_count(self) -> int:
