@@ -40,8 +40,9 @@ from cockpit.scoring import (
 )
 from cockpit.scoring.baselines import CRM, STAGE_RATE
 from cockpit.scoring.examples import context_for, prepare
-from cockpit.scoring.features import FEATURE_NAMES, build_frame, flatten
-from cockpit.scoring.model import MODEL
+from cockpit.scoring.features import CALL_HABIT_PRIOR, FEATURE_NAMES, CallEvents, StageTable, build_frame, flatten
+from cockpit.scoring.model import MODEL, _with_recent_calls
+from cockpit.scoring.reasons import describe
 from cockpit.scoring.training import _choose
 
 CALENDAR = FiscalCalendar()
@@ -295,6 +296,63 @@ def test_win_rates_shrink_toward_everyones_rate():
     rate = ev.rates(np.array([ev.owner_ids.index("ann")]), np.array([day]), "owner", 10.0)[0]
     everyone = (1 + 1) / (4 + 2)
     assert rate == pytest.approx((1 + 10 * everyone) / 11)
+
+
+def _calls(owner: str, day: date, stages: list[tuple[str, ForecastCategory | None]]) -> DealHistory:
+    """A deal of `owner` whose rows, one a day from `day`, are (stage, call) pairs."""
+    rows = tuple(
+        StageChange(
+            opportunity_id=f"{owner}-{day}",
+            changed_at=_at(day + timedelta(days=k)),
+            stage_id=stage,
+            amount=Decimal(100),
+            forecast_category=call,
+        )
+        for k, (stage, call) in enumerate(stages)
+    )
+    deal = Opportunity(
+        id=f"{owner}-{day}", owner_id=owner, pipeline_id="sales", stage_id=rows[-1].stage_id, amount=Decimal(100)
+    )
+    return DealHistory(deal=deal, changes=rows)
+
+
+def test_call_habit_averages_the_owners_calls_against_stage_defaults_up_to_the_day():
+    day = date(2024, 3, 1)
+    c = ForecastCategory
+    deals = [
+        # qualify defaults to pipeline: commit is +2; propose defaults to best case: best case is 0
+        _calls("ann", day, [("qualify", c.COMMIT), ("propose", c.BEST_CASE), ("won", c.CLOSED)]),
+        _calls("ann", day + timedelta(days=5), [("qualify", c.OMITTED), ("negotiate", None)]),
+        _calls("bo", day, [("qualify", c.PIPELINE)]),
+    ]
+    stages = StageTable.of([PIPELINE])
+    calls = CallEvents.from_flat(flatten(deals, stages, {}), stages, through_day=END.toordinal())
+    ann, bo, zed = calls.codes(["ann", "bo", "zed"])
+    days = np.array([day.toordinal() + k for k in (-1, 0, 1, 4, 5)])
+    habit = calls.habit(np.full(5, ann), days, prior=0.0)
+    # the won row is no call; the omitted one on day 5 (-1) counts from that day; no category, no call
+    assert habit.tolist() == [0.0, 2.0, 1.0, 1.0, 1 / 3]
+    assert calls.habit(np.array([bo, zed]), days[-2:], prior=0.0).tolist() == [0.0, 0.0]
+    shrunk = calls.habit(np.array([ann]), days[-1:], prior=CALL_HABIT_PRIOR)
+    assert shrunk.tolist() == [pytest.approx(1 / (3 + CALL_HABIT_PRIOR))]
+
+
+def test_call_habit_takes_calls_made_since_training_from_the_deals_scored():
+    day = date(2024, 3, 1)
+    c = ForecastCategory
+    old = [_calls("ann", day, [("qualify", c.PIPELINE), ("qualify", c.PIPELINE)])]
+    recent = [_calls("ann", day, [("qualify", c.PIPELINE), ("qualify", c.PIPELINE), ("qualify", c.COMMIT)])]
+    stages = StageTable.of([PIPELINE])
+    taken = CallEvents.from_flat(flatten(old, stages, {}), stages, through_day=day.toordinal() + 1)
+    later = CallEvents.from_flat(
+        flatten(recent, stages, {}), stages, through_day=day.toordinal() + 9, after_day=taken.through_day
+    )
+    both = taken.merged(later)
+    assert both.through_day == day.toordinal() + 9 and both.calls.sum() == 3  # no call counted twice
+    whole = CallEvents.from_flat(flatten(recent, stages, {}), stages, through_day=day.toordinal() + 9)
+    ann = both.codes(["ann"])
+    for d in range(day.toordinal() - 1, day.toordinal() + 10):
+        assert both.habit(ann, np.array([d])) == whole.habit(whole.codes(["ann"]), np.array([d]))
 
 
 def test_one_flattening_serves_any_number_of_days(histories):
@@ -601,6 +659,38 @@ def test_scores_come_with_three_to_five_reasons_in_plain_units(histories, traine
     texts = " | ".join(r.text for s in scores for r in s.reasons)
     assert "days in " in texts and "× the median" in texts
     assert "close date" in texts
+
+
+def test_scoring_counts_the_calls_made_since_training_once(trained):
+    model = trained.model
+    taken = model.context.call_events.through_day
+    after = date.fromordinal(taken) + timedelta(days=1)
+    c = ForecastCategory
+    closed_since = _calls("ann", after, [("qualify", c.COMMIT), ("qualify", c.COMMIT), ("lost", c.OMITTED)])
+    closed_since = closed_since.model_copy(
+        update={"deal": closed_since.deal.model_copy(update={"is_closed": True, "closed_at": _at(after + timedelta(days=2))})}
+    )
+    still_open = _calls("ann", after + timedelta(days=3), [("qualify", c.COMMIT)])
+    as_of = after + timedelta(days=5)
+    ctx = model._context([closed_since], None)
+    assert ctx.call_events.through_day == taken  # the closed deals alone do not make it complete
+    ctx = _with_recent_calls(ctx, flatten([still_open], ctx.stages, {}), as_of.toordinal())
+    calls = ctx.call_events
+    ann = calls.codes(["ann"])
+    before = model.context.call_events
+    n_before = before.calls[before.owner == before.codes(["ann"])[0]].sum() if "ann" in before.owner_ids else 0
+    assert calls.calls[calls.owner == ann[0]].sum() == n_before + 3  # two from the closed deal, one open
+    assert calls.through_day == as_of.toordinal()
+
+
+def test_the_call_habit_reason_names_the_owner_and_both_numbers():
+    def text(habit: float, delta: float) -> str:
+        return describe("call_habit", {"owner_call_habit": habit, "call_vs_habit": delta}, owner="Li Na")
+
+    assert text(0.42, 1.2) == "call +1.2 categories vs Li Na's habit (+0.4 vs stage defaults)"
+    assert text(-0.3, -0.5) == "call -0.5 categories vs Li Na's habit (-0.3 vs stage defaults)"
+    assert text(0.42, 0.01) == "call in line with Li Na's habit (+0.4 vs stage defaults)"
+    assert text(0.42, math.nan) == "Li Na's habit (+0.4 vs stage defaults)"  # no call on the deal
 
 
 def test_reason_points_are_the_models_own_differences(histories, trained):

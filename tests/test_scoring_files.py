@@ -134,6 +134,17 @@ def test_a_file_with_a_wrong_shape_is_refused(saved):
         load_model(saved)
 
 
+def test_forecast_calls_out_of_order_are_refused(saved):
+    def damage(arrays, meta):
+        meta["context"]["call_owner_ids"] = ["ann"]
+        arrays.update({"calls.owner": np.array([0, 0]), "calls.day": np.array([739_000, 738_990])})
+        arrays.update({"calls.calls": np.array([1, 2]), "calls.lift": np.array([1.0, -1.0])})
+
+    _rewrite(saved, damage)
+    with pytest.raises(ModelFileError, match="forecast calls are not sorted"):
+        load_model(saved)
+
+
 def test_missing_and_foreign_files_get_clear_messages(tmp_path):
     with pytest.raises(ModelFileError) as err:
         load_model(tmp_path / "nothing.npz")

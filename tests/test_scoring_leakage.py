@@ -2,8 +2,8 @@
 
 A deal's history is cut at the end of the as-of day (rows with `changed_at < end_of_day(as_of)`,
 activities on or before it), and other deals' outcomes are cut the same way; the features must not
-change. If any feature read a later row, a later activity or a later close, some random history
-would tell the difference.
+change. If any feature read a later row, a later activity, a later close or a later forecast call,
+some random history would tell the difference.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from cockpit.models import DealHistory, FiscalCalendar, ForecastCategory, Opportunity, StageChange, end_of_day
 from cockpit.scoring import features_at, make_context
-from cockpit.scoring.features import day_of
+from cockpit.scoring.features import CallEvents, StageTable, day_of, flatten
 from tests.test_scoring import OWNERS, PIPELINE
 
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -140,6 +140,29 @@ def test_win_rates_ignore_deals_closed_on_or_after_the_as_of_date(case, closed):
     a, b = features_at(history, as_of, everything), features_at(history, as_of, known)
     assert a["owner_win_rate"] == b["owner_win_rate"]
     assert a["team_win_rate"] == b["team_win_rate"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories(), st.lists(histories(), max_size=4))
+def test_call_habits_ignore_calls_made_after_the_as_of_date(case, others):
+    history, as_of = case
+    cut = _cut(history, as_of)
+    if not cut.changes:
+        return
+    stages = StageTable.of([PIPELINE])
+    later = date(2026, 1, 1).toordinal()
+
+    def context(deals: list[DealHistory]):
+        calls = CallEvents.from_flat(flatten(deals, stages, {}), stages, through_day=later)
+        return make_context([PIPELINE], OWNERS, FiscalCalendar(), calls=calls)
+
+    everyone = [history] + [h for h, _ in others]
+    known = [cut] + [c for c in (_cut(h, as_of) for h, _ in others) if c.changes]
+    a, b = features_at(history, as_of, context(everyone)), features_at(cut, as_of, context(known))
+    assert _equal(
+        {k: a[k] for k in ("owner_call_habit", "call_vs_habit")},
+        {k: b[k] for k in ("owner_call_habit", "call_vs_habit")},
+    )
 
 
 def test_day_of_matches_the_end_of_day_rule():

@@ -31,6 +31,7 @@ import numpy as np
 from cockpit.models import DealHistory, FiscalCalendar, Owner, Pipeline
 from cockpit.scoring.config import ScoringConfig
 from cockpit.scoring.features import (
+    CallEvents,
     FeatureContext,
     FeatureFrame,
     Flat,
@@ -177,7 +178,8 @@ def example_days(calendar: FiscalCalendar, first: int, last: int, step: int) -> 
 
 
 def context_for(prep: Prepared, config: ScoringConfig, median_before: int | None = None) -> FeatureContext:
-    """The feature context of `prep`: past outcomes of all deals closed by the knowledge day."""
+    """The feature context of `prep`: past outcomes of all deals closed by the knowledge day, and
+    every forecast call made by then."""
     out = prep.outcomes
     closed = np.flatnonzero(out.closed)
     events = [(int(out.close_day[i]), prep.flat.owner_ids[i], bool(out.won[i])) for i in closed]
@@ -187,6 +189,7 @@ def context_for(prep: Prepared, config: ScoringConfig, median_before: int | None
         prep.calendar,
         closed=events,
         medians=stage_medians(prep.flat, prep.stages, median_before),
+        calls=CallEvents.from_flat(prep.flat, prep.stages, prep.knowledge_day),
         attributes=prep.attributes,
         disabled=config.disabled_features,
         win_rate_prior=config.win_rate_prior_deals,

@@ -2,8 +2,9 @@
 
 A feature of a deal "as of D" uses only what was known at the end of D (UTC): history rows with
 `changed_at < end_of_day(D)` (the same rule as `cockpit.models.snapshot_of`), activities dated on or
-before D, and other deals that closed strictly before D (owner and team win rates). The deal's static
-fields (lead source, type, currency, kept CRM attributes) are the CRM's current record.
+before D, other deals that closed strictly before D (owner and team win rates), and the owner's
+forecast calls on or before D (their habit). The deal's static fields (lead source, type, currency,
+kept CRM attributes) are the CRM's current record.
 
 Deliberately left out of the model:
 - `next_step` / `next_step_date`: the CRM keeps only the current next step, so for a closed deal it is
@@ -76,6 +77,11 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("team_win_rate", "num", "team", "team's win rate on deals closed before the date"),
     FeatureSpec("owner_closed_deals", "num", "owner", "owner's deals closed before the date (experience)"),
     FeatureSpec("forecast_category", "cat", "forecast_category", "the rep's forecast category then"),
+    FeatureSpec(
+        "owner_call_habit", "num", "call_habit",
+        "owner's calls vs their stages' default categories so far, on average (+1: one category higher)",
+    ),
+    FeatureSpec("call_vs_habit", "num", "call_habit", "this deal's call vs its stage's default, less the owner's habit"),
     FeatureSpec("lead_source", "cat", "lead_source", "lead source"),
     FeatureSpec("type", "cat", "type", "deal type"),
 )
@@ -87,6 +93,17 @@ CONTEXT_GROUPS = frozenset({"stage", "calendar"})
 """Groups that describe where the deal is, not how it differs from its peers: never a reason."""
 
 _CATEGORIES = [c.value for c in ForecastCategory]
+CATEGORY_RANK: dict[ForecastCategory, int] = {
+    ForecastCategory.OMITTED: 0,
+    ForecastCategory.PIPELINE: 1,
+    ForecastCategory.BEST_CASE: 2,
+    ForecastCategory.COMMIT: 3,
+    ForecastCategory.CLOSED: 3,  # on an open deal the forecast counts "closed" as commit
+}
+"""How confident a call is, from omitted (0) to commit (3)."""
+_RANK_OF_CODE = np.array([CATEGORY_RANK[c] for c in ForecastCategory], dtype=np.float64)
+CALL_HABIT_PRIOR = 20.0
+"""Pseudo-calls at the stage default that pull an owner's call habit toward 0 (few calls, little habit)."""
 
 
 def day_of(moment: datetime) -> int:
@@ -111,6 +128,8 @@ class StageTable:
     probability: np.ndarray
     is_closed: np.ndarray
     is_won: np.ndarray
+    category_rank: np.ndarray
+    """Rank of each stage's default forecast category (see `CATEGORY_RANK`), NaN for closed stages."""
 
     @classmethod
     def of(cls, pipelines: Sequence[Pipeline]) -> StageTable:
@@ -126,6 +145,9 @@ class StageTable:
             probability=np.array([float(s.probability) for _, s in stages], dtype=np.float64),
             is_closed=np.array([s.is_closed for _, s in stages], dtype=bool),
             is_won=np.array([s.is_won for _, s in stages], dtype=bool),
+            category_rank=np.array(
+                [math.nan if s.is_closed else CATEGORY_RANK[s.category] for _, s in stages], dtype=np.float64
+            ),
         )
 
     def code_map(self) -> dict[str, int]:
@@ -204,6 +226,100 @@ class WinEvents:
 
 
 @dataclass(frozen=True)
+class CallEvents:
+    """Forecast calls per owner and day: how many, and their summed lift over the stage default.
+
+    A call is a history row of an open stage with a forecast category; its lift is the category's rank
+    minus the rank of the stage's default category (+1: the rep called it one step more confident than
+    the stage says). Complete for every day up to `through_day`; later days hold what was added since.
+    """
+
+    owner_ids: tuple[str, ...]
+    owner: np.ndarray
+    day: np.ndarray
+    calls: np.ndarray
+    lift: np.ndarray
+    through_day: int
+
+    @classmethod
+    def empty(cls) -> CallEvents:
+        z = np.zeros(0, dtype=np.int64)
+        return cls((), z, z, z, np.zeros(0), 0)
+
+    @classmethod
+    def from_flat(cls, flat: Flat, stages: StageTable, through_day: int, after_day: int = 0) -> CallEvents:
+        """The calls in `flat`'s history rows dated in (`after_day`, `through_day`]."""
+        stage, code, day = flat.row_stage, flat.row_category, flat.row_day.astype(np.int64)
+        safe_stage = np.where(stage >= 0, stage, 0)
+        default = np.where(stage >= 0, stages.category_rank[safe_stage], np.nan)
+        rank = np.where(code >= 0, _RANK_OF_CODE[np.where(code >= 0, code, 0)], np.nan)
+        keep = ~np.isnan(default) & ~np.isnan(rank) & (day > max(after_day, _UNDATED)) & (day <= through_day)
+        row_deal = flat.row_key >> _SHIFT
+        owners = list(dict.fromkeys(flat.owner_ids))
+        code_of = {o: i for i, o in enumerate(owners)}
+        deal_owner = np.fromiter(map(code_of.__getitem__, flat.owner_ids), dtype=np.int64, count=flat.n_deals)
+        return cls._grouped(
+            tuple(owners), deal_owner[row_deal[keep]], day[keep], (rank - default)[keep], through_day
+        )
+
+    @classmethod
+    def _grouped(
+        cls, owner_ids: tuple[str, ...], owner: np.ndarray, day: np.ndarray, lift: np.ndarray, through_day: int
+    ) -> CallEvents:
+        """One entry per (owner, day), sorted by owner then day."""
+        key = (owner.astype(np.int64) << _SHIFT) + day
+        uniq, inverse = np.unique(key, return_inverse=True)
+        calls = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
+        total = np.bincount(inverse, weights=lift, minlength=len(uniq))
+        return cls(owner_ids, uniq >> _SHIFT, uniq & ((1 << _SHIFT) - 1), calls, total, through_day)
+
+    def merged(self, other: CallEvents, *, complete: bool = True) -> CallEvents:
+        """These calls and `other`'s (owners matched by id). `complete`: `other` holds every deal's
+        calls after `through_day`, so the result is complete through the later day; otherwise (some
+        deals' calls only) it stays complete through this set's day."""
+        ids = list(self.owner_ids)
+        code_of = {o: i for i, o in enumerate(ids)}
+        for o in other.owner_ids:
+            if o not in code_of:
+                code_of[o] = len(ids)
+                ids.append(o)
+        remap = np.array([code_of[o] for o in other.owner_ids], dtype=np.int64)
+        owner = np.concatenate((self.owner, remap[other.owner] if len(other.owner) else other.owner))
+        day = np.concatenate((self.day, other.day))
+        key = (owner << _SHIFT) + day
+        uniq, inverse = np.unique(key, return_inverse=True)
+        calls = np.bincount(inverse, weights=np.concatenate((self.calls, other.calls)), minlength=len(uniq))
+        total = np.bincount(inverse, weights=np.concatenate((self.lift, other.lift)), minlength=len(uniq))
+        return CallEvents(
+            tuple(ids),
+            uniq >> _SHIFT,
+            uniq & ((1 << _SHIFT) - 1),
+            calls.astype(np.int64),
+            total,
+            max(self.through_day, other.through_day) if complete else self.through_day,
+        )
+
+    def codes(self, owner_ids: Sequence[str]) -> np.ndarray:
+        """Owner codes of `owner_ids` (-1: no calls known)."""
+        code_of = {o: i for i, o in enumerate(self.owner_ids)}
+        return np.fromiter((code_of.get(o, -1) for o in owner_ids), dtype=np.int64, count=len(owner_ids))
+
+    def habit(self, who: np.ndarray, days: np.ndarray, prior: float = CALL_HABIT_PRIOR) -> np.ndarray:
+        """Average lift of owners `who` (codes, -1 unknown) over their calls on or before each day,
+        shrunk toward 0 by `prior` pseudo-calls."""
+        keys = (self.owner << _SHIFT) + self.day
+        cum_calls = np.concatenate(([0], np.cumsum(self.calls))).astype(np.float64)
+        cum_lift = np.concatenate(([0.0], np.cumsum(self.lift)))
+        known = who >= 0
+        safe = np.where(known, who, 0)
+        start = np.searchsorted(keys, safe << _SHIFT, side="left")
+        stop = np.searchsorted(keys, (safe << _SHIFT) + np.asarray(days, dtype=np.int64), side="right")
+        n = np.where(known, cum_calls[stop] - cum_calls[start], 0.0)
+        total = np.where(known, cum_lift[stop] - cum_lift[start], 0.0)
+        return total / (n + prior) if prior > 0 else np.where(n > 0, total / np.maximum(n, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
 class FeatureContext:
     """What features need beyond the deal: stages, teams, medians, past outcomes, the calendar."""
 
@@ -214,6 +330,8 @@ class FeatureContext:
     win_events: WinEvents
     stage_median_days: np.ndarray
     """Median days a deal spends in each stage (by stage code), NaN where unknown."""
+    call_events: CallEvents = field(default_factory=CallEvents.empty)
+    """The owners' forecast calls (their habit); scoring adds the calls made since they were taken."""
     attributes: Mapping[str, Kind] = field(default_factory=dict)
     """Kept CRM attributes that become features, with their kind."""
     disabled: frozenset[str] = frozenset()
@@ -653,6 +771,13 @@ def _static_columns(
     cols["owner_win_rate"] = ev.rates(owner[deal_index], days, "owner", ctx.win_rate_prior)
     cols["owner_closed_deals"] = ev.counts(owner[deal_index], days, "owner")[0]
     cols["team_win_rate"] = ev.rates(team[deal_index], days, "team", ctx.win_rate_prior)
+    habit = ctx.call_events.habit(ctx.call_events.codes(flat.owner_ids)[deal_index], days)
+    cols["owner_call_habit"] = habit
+    stage, call = cols["stage"], cols["forecast_category"]
+    known = ~np.isnan(stage) & ~np.isnan(call)
+    default = ctx.stages.category_rank[np.where(known, stage, 0).astype(np.int64)]
+    lift = np.where(known, _RANK_OF_CODE[np.where(known, call, 0).astype(np.int64)] - default, np.nan)
+    cols["call_vs_habit"] = lift - habit
     for name in ("lead_source", "type", "currency"):
         cols[name] = _codes(flat.statics[name][0][deal_index])
     categories: dict[str, list[str]] = {
@@ -731,12 +856,14 @@ def make_context(
     *,
     closed: Iterable[tuple[int, str, bool]] = (),
     medians: np.ndarray | None = None,
+    calls: CallEvents | None = None,
     attributes: Mapping[str, Kind] | None = None,
     disabled: frozenset[str] = frozenset(),
     win_rate_prior: float = 10.0,
     activity_window_days: int = 30,
 ) -> FeatureContext:
-    """A feature context. `closed` lists (close day, owner id, won) of the deals known to have closed."""
+    """A feature context. `closed` lists (close day, owner id, won) of the deals known to have closed;
+    `calls` holds the owners' forecast calls (none: every owner's habit is 0)."""
     stages = StageTable.of(pipelines)
     owner_team = {o.id: team_key(o) for o in owners}
     events = WinEvents.build((day, owner_id, owner_team.get(owner_id), won) for day, owner_id, won in closed)
@@ -746,6 +873,7 @@ def make_context(
         owner_team=owner_team,
         win_events=events,
         stage_median_days=medians if medians is not None else np.full(len(stages.ids), np.nan),
+        call_events=calls if calls is not None else CallEvents.empty(),
         attributes=dict(attributes or {}),
         disabled=disabled,
         win_rate_prior=win_rate_prior,

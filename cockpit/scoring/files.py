@@ -25,7 +25,7 @@ from cockpit.models import DealHistory, FiscalCalendar
 from cockpit.scoring.errors import ModelFileError
 
 FORMAT = "cockpit-win-model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bump when the file layout or the built-in feature list changes; older files are refused with a
 request to retrain (3: the owner's closed deals)."""
 _META = "__meta__"
@@ -94,7 +94,12 @@ def _to_arrays(model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         "stages.probability": st.probability,
         "stages.is_closed": st.is_closed,
         "stages.is_won": st.is_won,
+        "stages.category_rank": st.category_rank,
         "context.medians": ctx.stage_median_days,
+        "calls.owner": ctx.call_events.owner,
+        "calls.day": ctx.call_events.day,
+        "calls.calls": ctx.call_events.calls,
+        "calls.lift": ctx.call_events.lift,
         "events.day": ev.day,
         "events.owner": ev.owner,
         "events.team": ev.team,
@@ -154,6 +159,8 @@ def _to_arrays(model: Any) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 "owner_team": dict(ctx.owner_team),
                 "event_owner_ids": list(ev.owner_ids),
                 "event_team_ids": list(ev.team_ids),
+                "call_owner_ids": list(ctx.call_events.owner_ids),
+                "calls_through_day": ctx.call_events.through_day,
                 "attributes": dict(ctx.attributes),
                 "disabled": sorted(ctx.disabled),
                 "win_rate_prior": ctx.win_rate_prior,
@@ -255,7 +262,7 @@ def _split(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
 def _from_arrays(a: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
     from cockpit.scoring.baselines import StageRates
     from cockpit.scoring.estimators import NODE_FIELDS, Calibrator, ContextShift, Encoder, LinearModel, TreeModel
-    from cockpit.scoring.features import FeatureContext, StageTable, WinEvents
+    from cockpit.scoring.features import CallEvents, FeatureContext, StageTable, WinEvents
     from cockpit.scoring.model import ReasonSettings, ScoringModel, TargetModel
 
     c = meta["context"]
@@ -269,8 +276,9 @@ def _from_arrays(a: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
         probability=a["stages.probability"].astype(np.float64),
         is_closed=a["stages.is_closed"].astype(bool),
         is_won=a["stages.is_won"].astype(bool),
+        category_rank=a["stages.category_rank"].astype(np.float64),
     )
-    for name in ("pipeline_code", "order", "probability", "is_closed", "is_won"):
+    for name in ("pipeline_code", "order", "probability", "is_closed", "is_won", "category_rank"):
         if len(getattr(stages, name)) != n_stages or len(stages.names) != n_stages:
             raise ValueError(f"stage table {name!r} has the wrong length")
     if np.any((stages.pipeline_code < 0) | (stages.pipeline_code >= max(1, len(stages.pipeline_ids)))):
@@ -285,6 +293,21 @@ def _from_arrays(a: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
     )
     if len({len(events.day), len(events.owner), len(events.team), len(events.won)}) != 1:
         raise ValueError("past outcomes have mismatched lengths")
+    calls = CallEvents(
+        owner_ids=tuple(map(str, c["call_owner_ids"])),
+        owner=a["calls.owner"].astype(np.int64),
+        day=a["calls.day"].astype(np.int64),
+        calls=a["calls.calls"].astype(np.int64),
+        lift=a["calls.lift"].astype(np.float64),
+        through_day=int(c["calls_through_day"]),
+    )
+    if len({len(calls.owner), len(calls.day), len(calls.calls), len(calls.lift)}) != 1:
+        raise ValueError("forecast calls have mismatched lengths")
+    if len(calls.owner) and (calls.owner.min() < 0 or calls.owner.max() >= len(calls.owner_ids)):
+        raise ValueError("forecast calls point at an unknown owner")
+    keys = (calls.owner << 20) + calls.day
+    if np.any(np.diff(keys) <= 0) or np.any(calls.day < 0) or np.any(calls.day >= 1 << 20):
+        raise ValueError("forecast calls are not sorted by owner and day")
     medians = a["context.medians"].astype(np.float64)
     if len(medians) != n_stages:
         raise ValueError("stage medians have the wrong length")
@@ -295,6 +318,7 @@ def _from_arrays(a: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
         owner_team={str(k): (None if v is None else str(v)) for k, v in dict(c["owner_team"]).items()},
         win_events=events,
         stage_median_days=medians,
+        call_events=calls,
         attributes=attributes,
         disabled=frozenset(map(str, c["disabled"])),
         win_rate_prior=float(c["win_rate_prior"]),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from itertools import islice
 from typing import Any
@@ -30,8 +30,10 @@ from cockpit.scoring.baselines import CRM, STAGE_RATE, StageRates, crm_probabili
 from cockpit.scoring.estimators import Calibrator, Encoder, LinearModel, TreeModel
 from cockpit.scoring.features import (
     CONTEXT_GROUPS,
+    CallEvents,
     FeatureContext,
     FeatureFrame,
+    Flat,
     WinEvents,
     build_frame,
     day_of,
@@ -41,6 +43,8 @@ from cockpit.scoring.features import (
 from cockpit.scoring.reasons import describe
 
 MODEL = "model"
+OWNER_GROUPS = ("owner", "team", "call_habit")
+"""Reason groups whose text names the deal's owner or team."""
 P_MIN, P_MAX = 0.001, 0.999
 """Scores stay inside [0.1%, 99.9%]: the model never claims certainty about an open deal."""
 
@@ -162,6 +166,7 @@ class ScoringModel:
         self, hist: list[DealHistory], as_of: date, ctx: FeatureContext, reasons: bool, names: dict[str, str]
     ) -> list[DealScore]:
         flat = flatten(hist, ctx.stages, ctx.attributes)
+        ctx = _with_recent_calls(ctx, flat, as_of.toordinal())
         n = len(hist)
         frame = build_frame(
             flat, np.arange(n, dtype=np.int64), np.full(n, as_of.toordinal(), dtype=np.int64), ctx
@@ -201,16 +206,22 @@ class ScoringModel:
         owner_team = dict(ctx.owner_team)
         if owners is not None:
             owner_team.update({o.id: team_key(o) for o in owners})
-        events = ctx.win_events
+        events, calls = ctx.win_events, ctx.call_events
         if closed is not None:
             rows = []
+            since = []  # closed after the calls were taken: their later calls are not in them yet
             for h in closed:
                 deal = h.deal
                 if deal.is_closed and deal.closed_at is not None:
-                    rows.append(
-                        (day_of(deal.closed_at), deal.owner_id, owner_team.get(deal.owner_id), deal.is_won)
-                    )
+                    day = day_of(deal.closed_at)
+                    rows.append((day, deal.owner_id, owner_team.get(deal.owner_id), deal.is_won))
+                    if day > calls.through_day:
+                        since.append(h)
             events = WinEvents.build(rows)
+            if since:  # the open deals' later calls are added when they are scored (`_with_recent_calls`)
+                latest = max(day_of(h.deal.closed_at) for h in since)  # type: ignore[arg-type]
+                recent = CallEvents.from_flat(flatten(since, ctx.stages, {}), ctx.stages, latest, calls.through_day)
+                calls = calls.merged(recent, complete=False)
         if owners is None and closed is None:
             return ctx
         return FeatureContext(
@@ -219,6 +230,7 @@ class ScoringModel:
             owner_team=owner_team,
             win_events=events,
             stage_median_days=ctx.stage_median_days,
+            call_events=calls,
             attributes=ctx.attributes,
             disabled=ctx.disabled,
             win_rate_prior=ctx.win_rate_prior,
@@ -395,6 +407,15 @@ class ScoringModel:
         return [made[i] for i in np.ravel(inverse).tolist()]
 
 
+def _with_recent_calls(ctx: FeatureContext, flat: Flat, as_of: int) -> FeatureContext:
+    """`ctx` with the forecast calls in `flat` made after its calls were taken, up to `as_of`."""
+    calls = ctx.call_events
+    if as_of <= calls.through_day:
+        return ctx
+    recent = CallEvents.from_flat(flat, ctx.stages, as_of, after_day=calls.through_day)
+    return replace(ctx, call_events=calls.merged(recent)) if len(recent.day) else ctx
+
+
 def _deals(n: int) -> str:
     return f"{n} deal" + ("" if n == 1 else "s")
 
@@ -429,7 +450,7 @@ def _group_texts(
         keys = X[np.ix_(rows, cols)]
         if name == "stage_time":
             keys = np.column_stack([keys, frame.stage[rows]])
-        elif name in ("owner", "team"):
+        elif name in OWNER_GROUPS:
             keys = np.column_stack([keys, owner_code[rows]])
         first, inverse = _distinct_rows(keys)
         texts.append(
@@ -476,7 +497,7 @@ def _describe_row(
     if group == "stage_time":
         stage = int(values[-1])
         stage_name = ctx.stages.names[stage] if stage >= 0 else stage_name
-    elif group in ("owner", "team"):
+    elif group in OWNER_GROUPS:
         owner_id = owners[int(values[-1])]
         owner_name = names.get(owner_id, owner_name)
         team_name = _team_label(ctx.owner_team.get(owner_id), names)

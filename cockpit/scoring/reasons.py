@@ -2,7 +2,8 @@
 
 The points come from the model (see `ScoringModel.score`); this module only says what the deal's
 value *is*, in units a sales leader reads: "41 days in Proposal, 3.4× the median", "close date pushed
-3 times (45 days in all)", "Direct team wins 41% of closed deals".
+3 times (45 days in all)", "Direct team wins 41% of closed deals", "call +1.2 categories vs Li Na's
+habit (+0.4 vs stage defaults)".
 """
 
 from __future__ import annotations
@@ -118,6 +119,20 @@ def _category(v: Mapping[str, Value]) -> str:
         return f"rep's call: {cat}"
 
 
+def _call_habit(v: Mapping[str, Value], owner: str) -> str:
+    """The deal's call against its owner's habit, in categories (omitted < pipeline < best case <
+    commit; +1: one category more confident than the stage's default)."""
+    habit, delta = _n(v.get("owner_call_habit")), _n(v.get("call_vs_habit"))
+    if math.isnan(habit):
+        return "rep's call against the stage's default"
+    usual = f"{owner}'s habit ({habit:+.1f} vs stage defaults)"
+    if math.isnan(delta):
+        return usual[0].upper() + usual[1:]
+    if abs(delta) < 0.05:
+        return f"call in line with {usual}"
+    return f"call {delta:+.1f} categories vs {usual}"
+
+
 def _category_value(label: str, value: Value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return f"no {label}"
@@ -166,6 +181,8 @@ def describe(
         return f"{team} wins {rate:.0%} of closed deals"
     if group == "forecast_category":
         return _category(values)
+    if group == "call_habit":
+        return _call_habit(values, owner)
     if group == "lead_source":
         return _category_value("lead source", values.get("lead_source"))
     if group == "type":
