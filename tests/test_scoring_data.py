@@ -74,7 +74,7 @@ def test_demo_quarter_probability_meets_the_bars(demo_result):
 def test_demo_win_probability_beats_both_baselines(demo_result):
     target = demo_result.report.targets["won"]
     assert target.chosen == MODEL
-    assert _gain(target.metrics, CRM) >= 0.25  # 0.27 here; 0.30 is reached from about 50,000 deals
+    assert _gain(target.metrics, CRM) >= 0.25  # 0.28 here; 0.30 is reached from about 50,000 deals
     assert _gain(target.metrics, STAGE_RATE) >= 0.15
     assert target.metrics[MODEL].ece <= 0.03
 
