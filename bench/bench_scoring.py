@@ -4,6 +4,11 @@ Run on demand (prints figures; it is not a test):
 
     python bench/bench_scoring.py                  # 50,000 closed demo deals, 100,000 open deals
     python bench/bench_scoring.py --closed 5000 --open 10000
+    python bench/bench_scoring.py --model /tmp/m.npz   # train once, then reuse the saved model
+    python bench/bench_scoring.py --stages             # and time each stage of one scoring run
+
+Scoring is timed from the open deals' `DealHistory` objects to the `DealScore` objects with their
+reasons (the whole of `ScoringModel.score`), best of `--repeat` runs, with the CPU time of that run.
 
 Targets (issue 3): train on 50,000 closed demo deals (all weekly examples) <= 60 s on 2 cores; score
 100,000 open deals with reasons <= 2 s; load a model file <= 0.3 s.
@@ -21,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 from cockpit.models import DealHistory, FiscalCalendar, histories_of
 from connectors.demo import DEMO_FISCAL_START_MONTH, DemoConnector
@@ -80,18 +87,11 @@ def open_deals(histories: list[DealHistory], count: int) -> list[DealHistory]:
     return out[:count]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--closed", type=int, default=50_000, help="closed demo deals to train on")
-    parser.add_argument("--open", type=int, default=100_000, help="open deals to score")
-    args = parser.parse_args()
-
-    from cockpit.scoring import ScoringConfig, load_model, save_model, train
-
-    t = time.perf_counter()
-    histories, pipelines, owners, calendar = demo_histories(args.closed)
-    closed = sum(h.deal.is_closed for h in histories)
-    print(f"demo: {len(histories):,} deals, {closed:,} closed ({time.perf_counter() - t:.1f} s to generate)")
+def train_and_report(
+    histories: list[DealHistory], pipelines: list, owners: list, calendar: FiscalCalendar
+) -> Any:
+    """Train on the demo and print the timing and the metrics; return the model."""
+    from cockpit.scoring import ScoringConfig, train
 
     t = time.perf_counter()
     result = train(histories, pipelines, owners, calendar, ScoringConfig())
@@ -111,18 +111,105 @@ def main() -> None:
             f"ECE {m['model'].ece:.3f}  AUC {m['model'].roc_auc:.3f}  "
             f"-> {target.chosen}"
         )
+    return result.model
+
+
+def stage_breakdown(model: Any, deals: list[DealHistory]) -> dict[str, float]:
+    """Seconds per stage of one `model.score(deals, AS_OF)` (the bench wraps the stages in timers)."""
+    import cockpit.scoring.model as scoring_model
+
+    seconds: dict[str, float] = {}
+    saved = []
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+        saved.append((owner, name, inner))
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t
+
+        setattr(owner, name, wrapper)
+
+    timed(scoring_model, "flatten", "flatten (read the histories)")
+    timed(scoring_model, "build_frame", "features")
+    timed(scoring_model.ScoringModel, "_explain", "probability + reasons' points (trees)")
+    timed(scoring_model.TargetModel, "predict", "other probability (trees)")
+    timed(scoring_model, "_group_texts", "reason texts")
+    timed(scoring_model.ScoringModel, "_reasons", "reasons")
+    try:
+        t = time.perf_counter()
+        model.score(deals, AS_OF)
+        total = time.perf_counter() - t
+    finally:
+        for owner, name, inner in saved:
+            setattr(owner, name, inner)
+    seconds["reasons"] -= seconds["reason texts"]
+    seconds["reason objects (Reason) and ranking"] = seconds.pop("reasons")
+    seconds["the rest (DealScore objects, encoding, ...)"] = total - sum(seconds.values())
+    seconds["total"] = total
+    return seconds
+
+
+def best_of(repeat: int, run: Callable[[], Any]) -> tuple[float, float, Any]:
+    """The shortest wall time of `repeat` runs, that run's CPU time, and its result (the machine is
+    shared: the best run is the one least disturbed)."""
+    best: tuple[float, float, Any] | None = None
+    for _ in range(max(1, repeat)):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = run()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if best is None or wall < best[0]:
+            best = (wall, cpu, result)
+        del result
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--closed", type=int, default=50_000, help="closed demo deals to train on")
+    parser.add_argument("--open", type=int, default=100_000, help="open deals to score")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="model file: loaded if it exists (training is skipped), else written after training",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="scoring runs to take the best of")
+    parser.add_argument("--stages", action="store_true", help="also time each stage of one scoring run")
+    args = parser.parse_args()
+
+    from cockpit.scoring import load_model, save_model
+
+    t = time.perf_counter()
+    histories, pipelines, owners, calendar = demo_histories(args.closed)
+    closed = sum(h.deal.is_closed for h in histories)
+    print(f"demo: {len(histories):,} deals, {closed:,} closed ({time.perf_counter() - t:.1f} s to generate)")
+
+    if args.model is not None and args.model.exists():
+        model = load_model(args.model)
+        print(f"train: skipped, model loaded from {args.model}")
+    else:
+        model = train_and_report(histories, pipelines, owners, calendar)
+        if args.model is not None:
+            save_model(model, args.model)
 
     deals = open_deals(histories, args.open)
-    model = result.model
     model.score(deals[:100], AS_OF)  # first call imports scikit-learn's tree predictor
-    t = time.perf_counter()
-    scores = model.score(deals, AS_OF)
-    score_s = time.perf_counter() - t
+    score_s, cpu_s, scores = best_of(args.repeat, lambda: model.score(deals, AS_OF))
     reasons = sum(len(s.reasons) for s in scores)
-    print(f"score: {score_s:.2f} s for {len(scores):,} open deals with {reasons:,} reasons   target <= 2 s")
-    t = time.perf_counter()
-    model.score(deals, AS_OF, reasons=False)
-    print(f"       {time.perf_counter() - t:.2f} s without reasons")
+    print(
+        f"score: {score_s:.2f} s ({cpu_s:.2f} s CPU) for {len(scores):,} open deals with {reasons:,} reasons, "
+        f"best of {args.repeat}   target <= 2 s"
+    )
+    score_s, cpu_s, _ = best_of(args.repeat, lambda: model.score(deals, AS_OF, reasons=False))
+    print(f"       {score_s:.2f} s ({cpu_s:.2f} s CPU) without reasons")
+    if args.stages:
+        for label, value in stage_breakdown(model, deals).items():
+            print(f"       {value:5.2f} s  {label}")
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.npz"
