@@ -721,6 +721,59 @@ def test_reason_points_are_the_models_own_differences(histories, trained):
     assert checked >= 100
 
 
+def test_counterfactual_trees_equal_predicting_every_tree_again(histories, trained):
+    """Re-running only the trees whose path crosses a group gives the very same sums (bit for bit) as
+    re-running every tree that uses the group on the changed rows."""
+    from cockpit.scoring import counterfactual
+    from cockpit.scoring.estimators import TreeModel
+
+    model = trained.model
+    open_deals = [h for h in histories if not h.deal.is_closed]
+    ctx = model.context
+    flat = flatten(open_deals, ctx.stages, ctx.attributes)
+    frame = build_frame(flat, np.arange(len(open_deals)), np.full(len(open_deals), END.toordinal()), ctx)
+    X = model.encoder.transform(frame)
+    groups = [cols for _, cols in model.reason_groups()]
+    compared = 0
+    for tm in model.targets.values():
+        est = tm.estimator
+        if not isinstance(est, TreeModel):
+            continue
+        B = est.bin(X)
+        paths = counterfactual.TreePaths.of(est, groups, X.shape[1])
+        done = counterfactual.evaluate(est, paths, B)
+        total, per_group = est.raw_by_group(B, groups)
+        assert np.array_equal(done.total, total) and np.array_equal(done.per_group, per_group)
+        R = est.bin(model.references)[np.where(frame.stage >= 0, frame.stage, len(model.references) - 1)]
+        for g, cols in enumerate(groups):
+            rows = np.flatnonzero((B[:, cols] != R[:, cols]).any(axis=1))[::2]  # any subset of rows
+            changed = B[rows]
+            changed[:, cols] = R[rows][:, cols]
+            expected = est.group_raw(changed, groups, g)
+            got = counterfactual.group_raw(est, paths, done, g, cols, rows, B, R)
+            assert np.array_equal(got, expected)
+            compared += len(rows) * int(paths.uses[g].sum())
+    assert compared > 1000
+
+
+def test_flatten_reads_each_deal_field_as_before(histories):
+    """The one-pass column reads give the per-field comprehensions' values (blank and missing strings
+    coded -1, codes in order of first appearance)."""
+    from cockpit.scoring.features import _encode
+
+    codes, vocab = _encode(["b", None, "a", "", "b", "c", "a"])
+    assert codes.tolist() == [0, -1, 1, -1, 0, 2, 1] and vocab == ["b", "a", "c"]
+    codes, vocab = _encode([])
+    assert codes.tolist() == [] and vocab == []
+    ctx = make_context([PIPELINE], OWNERS, CALENDAR)
+    flat = flatten(histories[:60], ctx.stages, ctx.attributes)
+    assert flat.deal_ids == [h.deal.id for h in histories[:60]]
+    assert flat.owner_ids == [h.deal.owner_id for h in histories[:60]]
+    assert flat.deal_won.tolist() == [h.deal.is_won for h in histories[:60]]
+    empty = flatten([], ctx.stages, ctx.attributes)
+    assert empty.n_deals == 0 and empty.deal_ids == [] and len(empty.row_day) == 0
+
+
 def test_scores_match_the_frame_level_prediction(histories, trained):
     model = trained.model
     open_deals = [h for h in histories if not h.deal.is_closed]

@@ -26,6 +26,7 @@ import numpy as np
 
 from cockpit.models import DealHistory, DealScore, Owner, Reason
 from cockpit.models.trusted import construct_trusted, gc_paused
+from cockpit.scoring import counterfactual
 from cockpit.scoring.baselines import CRM, STAGE_RATE, StageRates, crm_probability
 from cockpit.scoring.estimators import Calibrator, Encoder, LinearModel, TreeModel
 from cockpit.scoring.features import (
@@ -132,6 +133,7 @@ class ScoringModel:
         self.owner_names = owner_names
         self.metadata = metadata
         self.reason_settings = reasons
+        self._paths: tuple[TreeModel, tuple, counterfactual.TreePaths] | None = None
 
     @property
     def version(self) -> str:
@@ -280,7 +282,12 @@ class ScoringModel:
         groups = [cols for _, cols in named]
         B = est.bin(X)
         stage = frame.stage
-        total, per_group = est.raw_by_group(B, groups)
+        if isinstance(est, TreeModel):  # trees: run again only where a changed group can matter
+            paths = self._tree_paths(est, groups, X.shape[1])
+            done = counterfactual.evaluate(est, paths, B)
+            total, per_group = done.total, done.per_group
+        else:
+            total, per_group = est.raw_by_group(B, groups)
         calibrator = tm.calibrator
         shift = calibrator.shift_of(X)
         shifted = set(calibrator.shift.used_columns) if calibrator.shift is not None else set()
@@ -293,9 +300,13 @@ class ScoringModel:
             rows = np.flatnonzero(usable & (B[:, cols] != R[:, cols]).any(axis=1))
             if not len(rows):
                 continue
-            B_typical = B[rows]
-            B_typical[:, cols] = R[rows][:, cols]
-            raw = total[rows] - per_group[g, rows] + est.group_raw(B_typical, groups, g)
+            if isinstance(est, TreeModel):
+                changed = counterfactual.group_raw(est, paths, done, g, cols, rows, B, R)
+            else:
+                B_typical = B[rows]
+                B_typical[:, cols] = R[rows][:, cols]
+                changed = est.group_raw(B_typical, groups, g)
+            raw = total[rows] - per_group[g, rows] + changed
             row_shift = shift[rows] if shift is not None else None
             if shifted.intersection(cols.tolist()):  # the shift sees the typical values too (size)
                 X_typical = X[rows]
@@ -303,6 +314,14 @@ class ScoringModel:
                 row_shift = calibrator.shift_of(X_typical)
             points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows], row_shift)) * 100.0
         return p, points
+
+    def _tree_paths(self, est: TreeModel, groups: list[np.ndarray], n_features: int) -> counterfactual.TreePaths:
+        """The trees' leaf predictors and paths for these groups (built once per model and groups)."""
+        key = tuple(tuple(cols.tolist()) for cols in groups)
+        cached = self._paths
+        if cached is None or cached[0] is not est or cached[1] != key:
+            cached = self._paths = (est, key, counterfactual.TreePaths.of(est, groups, n_features))
+        return cached[2]
 
     def _reasons(
         self,
