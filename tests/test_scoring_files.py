@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cockpit.models import ForecastCategory
 from cockpit.scoring import ModelFileError, ScoringConfig, data_fingerprint, load_model, save_model, train
 from cockpit.scoring.files import FORMAT_VERSION
 from tests.test_scoring import CALENDAR, END, OWNERS, PIPELINE, synth_histories
@@ -54,6 +55,31 @@ def test_a_saved_model_scores_exactly_like_the_original(model, saved, histories)
     assert meta["features"] == model.metadata["features"]
     assert set(meta["training_window"]) == {"first_close", "last_close"}
     assert meta["report"]["targets"]["won"]["metrics"]["model"]["brier"] > 0
+
+
+def test_the_owners_call_habits_survive_the_round_trip(tmp_path):
+    calls = [ForecastCategory.PIPELINE, ForecastCategory.BEST_CASE, ForecastCategory.COMMIT, None]
+    histories = [
+        h.model_copy(
+            update={
+                "changes": tuple(
+                    c.model_copy(update={"forecast_category": calls[(i + k) % len(calls)]})
+                    for k, c in enumerate(h.changes)
+                )
+            }
+        )
+        for i, h in enumerate(synth_histories(300, seed=5))
+    ]
+    model = train(histories, [PIPELINE], OWNERS, CALENDAR, ScoringConfig(min_deals_for_boosting=100)).model
+    assert model.context.call_events.calls.sum() > 0
+    save_model(model, tmp_path / "model.npz")
+    loaded = load_model(tmp_path / "model.npz")
+    before, after = model.context.call_events, loaded.context.call_events
+    assert after.owner_ids == before.owner_ids and after.through_day == before.through_day
+    for name in ("owner", "day", "calls", "lift"):
+        assert np.array_equal(getattr(after, name), getattr(before, name))
+    open_deals = [h for h in histories if not h.deal.is_closed]
+    assert loaded.score(open_deals, END) == model.score(open_deals, END)
 
 
 def test_the_fingerprint_follows_the_closed_deals_only(histories):
