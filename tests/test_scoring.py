@@ -41,6 +41,7 @@ from cockpit.scoring import (
 from cockpit.scoring.baselines import CRM, STAGE_RATE
 from cockpit.scoring.examples import context_for, prepare
 from cockpit.scoring.features import CALL_HABIT_PRIOR, FEATURE_NAMES, CallEvents, StageTable, build_frame, flatten
+from cockpit.scoring.estimators import _enough_rounds
 from cockpit.scoring.model import MODEL, _with_recent_calls
 from cockpit.scoring.reasons import describe
 from cockpit.scoring.training import _choose
@@ -851,6 +852,13 @@ def test_config_rejects_unknown_features_and_bad_values_with_the_key_named():
         ScoringConfig.from_mapping({"colour": "red"})
     config = ScoringConfig.from_mapping({"disabled_features": ["pushes"], "example_step_days": 14})
     assert config.disabled_features == frozenset({"pushes"}) and config.example_step_days == 14
+
+
+def test_boosting_keeps_the_fewest_rounds_within_the_tolerance_of_the_best():
+    losses = [1.0, 0.5, 0.41, 0.4005, 0.4, 0.4002]
+    assert _enough_rounds(losses, 0.0) == 5  # the best round
+    assert _enough_rounds(losses, 0.002) == 4  # 0.4005 is within 0.2 % of 0.4
+    assert _enough_rounds(losses, 0.05) == 3
 
 
 def test_thresholds_from_config_change_training(histories):

@@ -48,6 +48,9 @@ class ScoringConfig(BaseModel):
     """Share of closed deals (closing just before the test deals) whose labels decide when boosting stops."""
     max_iter: int = Field(default=300, ge=10, le=2000)
     """Most boosting rounds; fewer are kept when the tuning slice stops improving."""
+    early_stopping_tolerance: float = Field(default=0.002, ge=0, le=0.1)
+    """Boosting keeps the fewest rounds whose log loss on the tuning slice is within this share of the
+    best round's (0: the best round itself)."""
     learning_rate: float = Field(default=0.2, gt=0, le=1)
     max_leaf_nodes: int = Field(default=15, ge=2, le=255)
     min_category_examples: int = Field(default=30, ge=1)
