@@ -692,6 +692,7 @@ def test_the_call_habit_reason_names_the_owner_and_both_numbers():
     assert text(-0.3, -0.5) == "call -0.5 categories vs Li Na's habit (-0.3 vs stage defaults)"
     assert text(0.42, 0.01) == "call in line with Li Na's habit (+0.4 vs stage defaults)"
     assert text(0.42, math.nan) == "Li Na's habit (+0.4 vs stage defaults)"  # no call on the deal
+    assert text(-0.01, 1.0) == "call +1.0 categories vs Li Na's habit (at stage defaults)"  # no "-0.0"
 
 
 def test_reason_points_are_the_models_own_differences(histories, trained):

@@ -125,7 +125,8 @@ def _call_habit(v: Mapping[str, Value], owner: str) -> str:
     habit, delta = _n(v.get("owner_call_habit")), _n(v.get("call_vs_habit"))
     if math.isnan(habit):
         return "rep's call against the stage's default"
-    usual = f"{owner}'s habit ({habit:+.1f} vs stage defaults)"
+    lean = "at stage defaults" if abs(habit) < 0.05 else f"{habit:+.1f} vs stage defaults"
+    usual = f"{owner}'s habit ({lean})"
     if math.isnan(delta):
         return usual[0].upper() + usual[1:]
     if abs(delta) < 0.05:
