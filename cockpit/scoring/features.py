@@ -79,10 +79,14 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("owner_closed_deals", "num", "owner", "owner's deals closed before the date (experience)"),
     FeatureSpec("forecast_category", "cat", "forecast_category", "the rep's forecast category then"),
     FeatureSpec(
-        "owner_call_habit", "num", "call_habit",
+        "owner_call_habit",
+        "num",
+        "call_habit",
         "owner's calls vs their stages' default categories so far, on average (+1: one category higher)",
     ),
-    FeatureSpec("call_vs_habit", "num", "call_habit", "this deal's call vs its stage's default, less the owner's habit"),
+    FeatureSpec(
+        "call_vs_habit", "num", "call_habit", "this deal's call vs its stage's default, less the owner habit"
+    ),
     FeatureSpec("lead_source", "cat", "lead_source", "lead source"),
     FeatureSpec("type", "cat", "type", "deal type"),
 )
@@ -259,20 +263,26 @@ class CallEvents:
         owners = list(dict.fromkeys(flat.owner_ids))
         code_of = {o: i for i, o in enumerate(owners)}
         deal_owner = np.fromiter(map(code_of.__getitem__, flat.owner_ids), dtype=np.int64, count=flat.n_deals)
-        return cls._grouped(
-            tuple(owners), deal_owner[row_deal[keep]], day[keep], (rank - default)[keep], through_day
-        )
+        owner = deal_owner[row_deal[keep]]
+        ones = np.ones(len(owner), dtype=np.int64)
+        return cls._grouped(tuple(owners), owner, day[keep], ones, (rank - default)[keep], through_day)
 
     @classmethod
     def _grouped(
-        cls, owner_ids: tuple[str, ...], owner: np.ndarray, day: np.ndarray, lift: np.ndarray, through_day: int
+        cls,
+        owner_ids: tuple[str, ...],
+        owner: np.ndarray,
+        day: np.ndarray,
+        calls: np.ndarray,
+        lift: np.ndarray,
+        through_day: int,
     ) -> CallEvents:
-        """One entry per (owner, day), sorted by owner then day."""
+        """Entries summed into one per (owner, day), sorted by owner then day."""
         key = (owner.astype(np.int64) << _SHIFT) + day
         uniq, inverse = np.unique(key, return_inverse=True)
-        calls = np.bincount(inverse, minlength=len(uniq)).astype(np.int64)
+        count = np.bincount(inverse, weights=calls, minlength=len(uniq)).astype(np.int64)
         total = np.bincount(inverse, weights=lift, minlength=len(uniq))
-        return cls(owner_ids, uniq >> _SHIFT, uniq & ((1 << _SHIFT) - 1), calls, total, through_day)
+        return cls(owner_ids, uniq >> _SHIFT, uniq & ((1 << _SHIFT) - 1), count, total, through_day)
 
     def merged(self, other: CallEvents, *, complete: bool = True) -> CallEvents:
         """These calls and `other`'s (owners matched by id). `complete`: `other` holds every deal's
@@ -285,18 +295,12 @@ class CallEvents:
                 code_of[o] = len(ids)
                 ids.append(o)
         remap = np.array([code_of[o] for o in other.owner_ids], dtype=np.int64)
-        owner = np.concatenate((self.owner, remap[other.owner] if len(other.owner) else other.owner))
-        day = np.concatenate((self.day, other.day))
-        key = (owner << _SHIFT) + day
-        uniq, inverse = np.unique(key, return_inverse=True)
-        calls = np.bincount(inverse, weights=np.concatenate((self.calls, other.calls)), minlength=len(uniq))
-        total = np.bincount(inverse, weights=np.concatenate((self.lift, other.lift)), minlength=len(uniq))
-        return CallEvents(
+        return self._grouped(
             tuple(ids),
-            uniq >> _SHIFT,
-            uniq & ((1 << _SHIFT) - 1),
-            calls.astype(np.int64),
-            total,
+            np.concatenate((self.owner, remap[other.owner] if len(other.owner) else other.owner)),
+            np.concatenate((self.day, other.day)),
+            np.concatenate((self.calls, other.calls)),
+            np.concatenate((self.lift, other.lift)),
             max(self.through_day, other.through_day) if complete else self.through_day,
         )
 
@@ -512,9 +516,9 @@ def flatten(histories: Sequence[DealHistory], stages: StageTable, attributes: Ma
     nan = math.nan
     deals, changes, activities = _columns(_HISTORY_PARTS, histories, 3)
     n = len(deals)
-    (deal_ids, owner_ids, created_at, is_closed, closed_at, is_won, lead_source, deal_type, currency, maps) = (
-        _columns(_DEAL_FIELDS, deals, 10)
-    )
+    fields = _columns(_DEAL_FIELDS, deals, 10)
+    deal_ids, owner_ids, created_at, is_closed, closed_at, is_won = fields[:6]
+    lead_source, deal_type, currency, maps = fields[6:]
     counts = np.fromiter(map(len, changes), dtype=np.int64, count=n)
     undated = counts == 0
     if undated.any():

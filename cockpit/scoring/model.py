@@ -222,8 +222,10 @@ class ScoringModel:
             events = WinEvents.build(rows)
             if since:  # the open deals' later calls are added when they are scored (`_with_recent_calls`)
                 latest = max(day_of(h.deal.closed_at) for h in since)  # type: ignore[arg-type]
-                recent = CallEvents.from_flat(flatten(since, ctx.stages, {}), ctx.stages, latest, calls.through_day)
-                calls = calls.merged(recent, complete=False)
+                recent = flatten(since, ctx.stages, {})
+                calls = calls.merged(
+                    CallEvents.from_flat(recent, ctx.stages, latest, calls.through_day), complete=False
+                )
         if owners is None and closed is None:
             return ctx
         return FeatureContext(
@@ -315,7 +317,9 @@ class ScoringModel:
             points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows], row_shift)) * 100.0
         return p, points
 
-    def _tree_paths(self, est: TreeModel, groups: list[np.ndarray], n_features: int) -> counterfactual.TreePaths:
+    def _tree_paths(
+        self, est: TreeModel, groups: list[np.ndarray], n_features: int
+    ) -> counterfactual.TreePaths:
         """The trees' leaf predictors and paths for these groups (built once per model and groups)."""
         key = tuple(tuple(cols.tolist()) for cols in groups)
         cached = self._paths
