@@ -742,7 +742,7 @@ def test_counterfactual_trees_equal_predicting_every_tree_again(histories, train
         if not isinstance(est, TreeModel):
             continue
         B = est.bin(X)
-        paths = counterfactual.TreePaths.of(est, groups, X.shape[1])
+        paths = counterfactual.TreePaths.of(est, groups)
         done = counterfactual.evaluate(est, paths, B)
         total, per_group = est.raw_by_group(B, groups)
         assert np.array_equal(done.total, total) and np.array_equal(done.per_group, per_group)

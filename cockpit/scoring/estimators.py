@@ -16,12 +16,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from cockpit.scoring.config import ScoringConfig
 from cockpit.scoring.features import FeatureFrame, FeatureSpec
+
+if TYPE_CHECKING:
+    from cockpit.scoring.counterfactual import TreePaths
 
 MISSING = 255
 """Bin of a missing value (scikit-learn's `missing_values_bin_idx_` with the default 255 bins)."""
@@ -250,6 +253,18 @@ class TreeModel:
         """Summed output of the trees that use group `g`, on binned rows `B`."""
         uses = self._group_trees(groups)
         return self.raw(B, np.flatnonzero(uses[g]), with_baseline=False)
+
+    def paths(self, groups: list[np.ndarray]) -> TreePaths:
+        """Leaf predictors and which groups each node's path crosses (built once per groups)."""
+        from cockpit.scoring.counterfactual import TreePaths
+
+        key = tuple(tuple(int(i) for i in g) for g in groups)
+        cache = getattr(self, "_paths_cache", None)
+        if cache is not None and cache[0] == key:
+            return cache[1]
+        paths = TreePaths.of(self, groups)
+        object.__setattr__(self, "_paths_cache", (key, paths))
+        return paths
 
     def _group_trees(self, groups: list[np.ndarray]) -> np.ndarray:
         key = tuple(tuple(int(i) for i in g) for g in groups)

@@ -304,6 +304,16 @@ class CallEvents:
             max(self.through_day, other.through_day) if complete else self.through_day,
         )
 
+    def check(self) -> None:
+        """Raise ValueError unless the arrays hold one entry per (owner, day), sorted, owners known."""
+        if len({len(self.owner), len(self.day), len(self.calls), len(self.lift)}) != 1:
+            raise ValueError("forecast calls have mismatched lengths")
+        if len(self.owner) and (self.owner.min() < 0 or self.owner.max() >= len(self.owner_ids)):
+            raise ValueError("forecast calls point at an unknown owner")
+        keys = (self.owner << _SHIFT) + self.day
+        if np.any(np.diff(keys) <= 0) or np.any(self.day < 0) or np.any(self.day >= 1 << _SHIFT):
+            raise ValueError("forecast calls are not sorted by owner and day")
+
     def codes(self, owner_ids: Sequence[str]) -> np.ndarray:
         """Owner codes of `owner_ids` (-1: no calls known)."""
         code_of = {o: i for i, o in enumerate(self.owner_ids)}

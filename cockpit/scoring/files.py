@@ -302,13 +302,7 @@ def _from_arrays(a: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
         lift=a["calls.lift"].astype(np.float64),
         through_day=int(c["calls_through_day"]),
     )
-    if len({len(calls.owner), len(calls.day), len(calls.calls), len(calls.lift)}) != 1:
-        raise ValueError("forecast calls have mismatched lengths")
-    if len(calls.owner) and (calls.owner.min() < 0 or calls.owner.max() >= len(calls.owner_ids)):
-        raise ValueError("forecast calls point at an unknown owner")
-    keys = (calls.owner << 20) + calls.day
-    if np.any(np.diff(keys) <= 0) or np.any(calls.day < 0) or np.any(calls.day >= 1 << 20):
-        raise ValueError("forecast calls are not sorted by owner and day")
+    calls.check()
     medians = a["context.medians"].astype(np.float64)
     if len(medians) != n_stages:
         raise ValueError("stage medians have the wrong length")

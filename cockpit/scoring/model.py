@@ -133,7 +133,6 @@ class ScoringModel:
         self.owner_names = owner_names
         self.metadata = metadata
         self.reason_settings = reasons
-        self._paths: tuple[TreeModel, tuple, counterfactual.TreePaths] | None = None
 
     @property
     def version(self) -> str:
@@ -228,18 +227,7 @@ class ScoringModel:
                 )
         if owners is None and closed is None:
             return ctx
-        return FeatureContext(
-            stages=ctx.stages,
-            calendar=ctx.calendar,
-            owner_team=owner_team,
-            win_events=events,
-            stage_median_days=ctx.stage_median_days,
-            call_events=calls,
-            attributes=ctx.attributes,
-            disabled=ctx.disabled,
-            win_rate_prior=ctx.win_rate_prior,
-            activity_window_days=ctx.activity_window_days,
-        )
+        return replace(ctx, owner_team=owner_team, win_events=events, call_events=calls)
 
     def _predict(
         self,
@@ -284,12 +272,8 @@ class ScoringModel:
         groups = [cols for _, cols in named]
         B = est.bin(X)
         stage = frame.stage
-        if isinstance(est, TreeModel):  # trees: run again only where a changed group can matter
-            paths = self._tree_paths(est, groups, X.shape[1])
-            done = counterfactual.evaluate(est, paths, B)
-            total, per_group = done.total, done.per_group
-        else:
-            total, per_group = est.raw_by_group(B, groups)
+        explained = counterfactual.explain(est, B, groups)
+        total, per_group = explained.total, explained.per_group
         calibrator = tm.calibrator
         shift = calibrator.shift_of(X)
         shifted = set(calibrator.shift.used_columns) if calibrator.shift is not None else set()
@@ -302,13 +286,7 @@ class ScoringModel:
             rows = np.flatnonzero(usable & (B[:, cols] != R[:, cols]).any(axis=1))
             if not len(rows):
                 continue
-            if isinstance(est, TreeModel):
-                changed = counterfactual.group_raw(est, paths, done, g, cols, rows, B, R)
-            else:
-                B_typical = B[rows]
-                B_typical[:, cols] = R[rows][:, cols]
-                changed = est.group_raw(B_typical, groups, g)
-            raw = total[rows] - per_group[g, rows] + changed
+            raw = total[rows] - per_group[g, rows] + explained.changed(g, rows, R)
             row_shift = shift[rows] if shift is not None else None
             if shifted.intersection(cols.tolist()):  # the shift sees the typical values too (size)
                 X_typical = X[rows]
@@ -316,16 +294,6 @@ class ScoringModel:
                 row_shift = calibrator.shift_of(X_typical)
             points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows], row_shift)) * 100.0
         return p, points
-
-    def _tree_paths(
-        self, est: TreeModel, groups: list[np.ndarray], n_features: int
-    ) -> counterfactual.TreePaths:
-        """The trees' leaf predictors and paths for these groups (built once per model and groups)."""
-        key = tuple(tuple(cols.tolist()) for cols in groups)
-        cached = self._paths
-        if cached is None or cached[0] is not est or cached[1] != key:
-            cached = self._paths = (est, key, counterfactual.TreePaths.of(est, groups, n_features))
-        return cached[2]
 
     def _reasons(
         self,
