@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import threading
 from collections.abc import Iterable
 from functools import partial
@@ -69,10 +70,10 @@ class CockpitApp(App[None]):
         """Bumped whenever the open deals were scored again; screens reload when theirs is older."""
         # The start screen is imported with the app; the others when first shown (~40 ms of start-up).
         self.add_mode("forecast", lambda: ForecastScreen(service))
-        self.add_mode("deals", partial(_deals_screen, service))
-        self.add_mode("review", partial(_review_screen, service))
-        self.add_mode("changes", partial(_changes_screen, service))
-        self.add_mode("history", partial(_history_screen, service))
+        self.add_mode("deals", partial(_screen, "pipeline", "PipelineScreen", service))
+        self.add_mode("review", partial(_screen, "review", "ReviewScreen", service))
+        self.add_mode("changes", partial(_screen, "changes", "ChangesScreen", service))
+        self.add_mode("history", partial(_screen, "history", "HistoryScreen", service))
 
     def on_mount(self) -> None:
         if self.settings.ui.keymap:
@@ -197,28 +198,9 @@ class CockpitApp(App[None]):
                 widget.loading = False
 
 
-def _deals_screen(service: CockpitService) -> Screen:
-    from cockpit.screens.pipeline import PipelineScreen
-
-    return PipelineScreen(service)
-
-
-def _review_screen(service: CockpitService) -> Screen:
-    from cockpit.screens.review import ReviewScreen
-
-    return ReviewScreen(service)
-
-
-def _changes_screen(service: CockpitService) -> Screen:
-    from cockpit.screens.changes import ChangesScreen
-
-    return ChangesScreen(service)
-
-
-def _history_screen(service: CockpitService) -> Screen:
-    from cockpit.screens.history import HistoryScreen
-
-    return HistoryScreen(service)
+def _screen(module: str, name: str, service: CockpitService) -> Screen:
+    """Screen `name` of `cockpit.screens.<module>`, imported on first use."""
+    return getattr(importlib.import_module(f"cockpit.screens.{module}"), name)(service)
 
 
 def build_app(service: CockpitService, settings: Settings) -> CockpitApp:
