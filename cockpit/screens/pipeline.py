@@ -76,7 +76,7 @@ class PipelineScreen(CockpitScreen):
         Binding("slash", "filter", "Filter", id="pipeline-filter", tooltip="Filter by owner, stage, account or category"),
         Binding("escape", "clear_filter", "Clear", show=False, id="pipeline-clear-filter"),
         Binding("r", "refresh", "Refresh", id="pipeline-refresh", tooltip="Reload the deals from the store"),
-        Binding("enter", "open", "Open", id="pipeline-open", tooltip="The deal's whole story"),
+        Binding("enter", "open", "Open", show=False, id="pipeline-open", tooltip="The deal's whole story"),
     ]
     """
     | Key | Action |
