@@ -7,8 +7,12 @@ Run on demand (prints figures; it is not a test):
     python bench/bench_scoring.py --model /tmp/m.npz   # train once, then reuse the saved model
     python bench/bench_scoring.py --stages             # and time each stage of one scoring run
 
-Scoring is timed from the open deals' `DealHistory` objects to the `DealScore` objects with their
-reasons (the whole of `ScoringModel.score`), best of `--repeat` runs, with the CPU time of that run.
+The open deals are synced into a new store first. Scoring is timed as the cockpit scores after a
+sync: from the open deals' columns (`HistoryColumns`, as `Store.history_columns` reads them) to the
+scores' columns with their reasons (`ScoreColumns`, as `Store.write_score_columns` writes them):
+`ScoringModel.score_columns`, best of `--repeat` runs, with the CPU time of that run. Reading the
+columns and writing the scores are timed apart, and so is the same scoring from `DealHistory`
+objects to `DealScore` objects (`ScoringModel.score`, for a script).
 
 Targets (issue 3): train on 50,000 closed demo deals (all weekly examples) <= 60 s on 2 cores; score
 100,000 open deals with reasons <= 2 s; load a model file <= 0.3 s.
@@ -31,7 +35,9 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from cockpit.models import DealHistory, FiscalCalendar, histories_of
+from cockpit.models import Activity, DealHistory, FiscalCalendar, SyncBatch, histories_of
+from cockpit.models.columns import HistoryColumns
+from cockpit.store import Store
 from connectors.demo import DEMO_FISCAL_START_MONTH, DemoConnector
 
 AS_OF = date(2026, 3, 31)
@@ -114,8 +120,8 @@ def train_and_report(
     return result.model
 
 
-def stage_breakdown(model: Any, deals: list[DealHistory]) -> dict[str, float]:
-    """Seconds per stage of one `model.score(deals, AS_OF)` (the bench wraps the stages in timers)."""
+def stage_breakdown(model: Any, deals: HistoryColumns) -> dict[str, float]:
+    """Seconds per stage of one `model.score_columns(deals, AS_OF)` (the bench wraps the stages in timers)."""
     import cockpit.scoring.model as scoring_model
 
     seconds: dict[str, float] = {}
@@ -134,7 +140,7 @@ def stage_breakdown(model: Any, deals: list[DealHistory]) -> dict[str, float]:
 
         setattr(owner, name, wrapper)
 
-    timed(scoring_model, "flatten", "flatten (read the histories)")
+    timed(scoring_model, "flatten_columns", "history rows (flatten_columns)")
     timed(scoring_model, "build_frame", "features")
     timed(scoring_model.ScoringModel, "_explain", "probability + reasons' points (trees)")
     timed(scoring_model.TargetModel, "predict", "other probability (trees)")
@@ -142,16 +148,34 @@ def stage_breakdown(model: Any, deals: list[DealHistory]) -> dict[str, float]:
     timed(scoring_model.ScoringModel, "_reasons", "reasons")
     try:
         t = time.perf_counter()
-        model.score(deals, AS_OF)
+        model.score_columns(deals, AS_OF)
         total = time.perf_counter() - t
     finally:
         for owner, name, inner in saved:
             setattr(owner, name, inner)
     seconds["reasons"] -= seconds["reason texts"]
-    seconds["reason objects (Reason) and ranking"] = seconds.pop("reasons")
-    seconds["the rest (DealScore objects, encoding, ...)"] = total - sum(seconds.values())
+    seconds["ranking the reasons, distinct ones"] = seconds.pop("reasons")
+    seconds["the rest (encoding, ...)"] = total - sum(seconds.values())
     seconds["total"] = total
     return seconds
+
+
+def sync(store: Any, deals: list[DealHistory], pipelines: list, owners: list) -> None:
+    """Write `deals` into `store` as a sync would, 10,000 deals a batch."""
+    run = store.begin_sync("bench", None)
+    for k in range(0, len(deals), 10_000):
+        chunk = deals[k : k + 10_000]
+        store.apply_batch(
+            run,
+            SyncBatch(
+                pipelines=pipelines if k == 0 else [],
+                owners=owners if k == 0 else [],
+                opportunities=[h.deal for h in chunk],
+                changes=[c for h in chunk for c in h.changes],
+                activities=[Activity(opportunity_id=h.deal.id, on=d) for h in chunk for d in h.activities],
+            ),
+        )
+    store.finish_sync(run, "ok")
 
 
 def best_of(repeat: int, run: Callable[[], Any]) -> tuple[float, float, Any]:
@@ -199,17 +223,29 @@ def main() -> None:
 
     deals = open_deals(histories, args.open)
     model.score(deals[:100], AS_OF)  # first call imports scikit-learn's tree predictor
-    score_s, cpu_s, scores = best_of(args.repeat, lambda: model.score(deals, AS_OF))
-    reasons = sum(len(s.reasons) for s in scores)
-    print(
-        f"score: {score_s:.2f} s ({cpu_s:.2f} s CPU) for {len(scores):,} open deals with {reasons:,} reasons, "
-        f"best of {args.repeat}   target <= 2 s"
-    )
-    score_s, cpu_s, _ = best_of(args.repeat, lambda: model.score(deals, AS_OF, reasons=False))
-    print(f"       {score_s:.2f} s ({cpu_s:.2f} s CPU) without reasons")
-    if args.stages:
-        for label, value in stage_breakdown(model, deals).items():
-            print(f"       {value:5.2f} s  {label}")
+    with tempfile.TemporaryDirectory() as tmp, Store.open(Path(tmp) / "cockpit.db") as store:
+        t = time.perf_counter()
+        sync(store, deals, pipelines, owners)
+        print(f"store: {len(deals):,} open deals synced into a new store in {time.perf_counter() - t:.1f} s")
+        read_s, read_cpu, columns = best_of(args.repeat, lambda: store.history_columns(closed=False))
+        score_s, cpu_s, scores = best_of(args.repeat, lambda: model.score_columns(columns, AS_OF))
+        print(
+            f"score: {score_s:.2f} s ({cpu_s:.2f} s CPU) for {len(scores):,} open deals with "
+            f"{len(scores.reasons.index):,} reasons ({len(scores.reasons.text):,} distinct), columns to "
+            f"columns, best of {args.repeat}   target <= 2 s"
+        )
+        score_s, cpu_s, _ = best_of(args.repeat, lambda: model.score_columns(columns, AS_OF, reasons=False))
+        print(f"       {score_s:.2f} s ({cpu_s:.2f} s CPU) without reasons")
+        if args.stages:
+            for label, value in stage_breakdown(model, columns).items():
+                print(f"       {value:5.2f} s  {label}")
+        write_s, write_cpu, _ = best_of(args.repeat, lambda: store.write_score_columns(scores))
+        print(f"       read the columns from the store: {read_s:.2f} s ({read_cpu:.2f} s CPU)")
+        print(f"       write the scores to the store: {write_s:.2f} s ({write_cpu:.2f} s CPU)")
+        objects_s, objects_cpu, _ = best_of(1, lambda: list(store.histories(closed=False)))
+        print(f"       read the deals as DealHistory objects instead: {objects_s:.2f} s ({objects_cpu:.2f} s CPU)")
+    score_s, cpu_s, _ = best_of(1, lambda: model.score(deals, AS_OF))
+    print(f"       score from DealHistory objects to DealScore objects: {score_s:.2f} s ({cpu_s:.2f} s CPU)")
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.npz"

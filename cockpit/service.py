@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from cockpit.config import STORE_FILE, ConfigError, Settings, data_dir, describe_validation
 from cockpit.models import (
+    DealHistory,
     DealScore,
     DealSnapshot,
     FiscalCalendar,
@@ -35,6 +36,7 @@ from cockpit.store.store import from_us
 
 if TYPE_CHECKING:
     from cockpit.forecast.config import ForecastConfig, Fx
+    from cockpit.models.columns import HistoryColumns
     from cockpit.models.submission import Draft
     from cockpit.review import ReviewWalk
 
@@ -988,7 +990,7 @@ class CockpitService:
             store.record_model_run(result.model.version, report.chosen, report.to_dict())
         say("Scoring open deals", 0.9)
         # the model was trained on these closed deals today: its past win rates are current
-        scored = self._score_open(result.model, histories, owners, refresh_rates=False)
+        scored = self._score_open(result.model, _open_columns(histories), owners)
         say("Done", 1.0)
         log.info("trained %s on %d closed deals; scored %d open deals", result.model.version, report.closed_deals, scored)
         return ModelRun(result.model.version, report, scored, time.perf_counter() - started, retrained=True)
@@ -1000,7 +1002,8 @@ class CockpitService:
         with self.store(create=False) as store:
             histories = list(store.histories())
             owners = store.owners()
-        scored = self._score_open(model, histories, owners)
+        closed = [h for h in histories if h.deal.is_closed]
+        scored = self._score_open(model, _open_columns(histories), owners, closed=closed)
         return ModelRun(model.version, None, scored, time.perf_counter() - started, retrained=False)
 
     def refresh_model(self, progress: Callable[[str, float], None] | None = None) -> ModelRun:
@@ -1027,20 +1030,18 @@ class CockpitService:
         # Same closed deals as at training: the past win rates the model holds are still right,
         # so only the open deals are read.
         with self.store(create=False) as store:
-            open_ = list(store.histories(closed=False))
+            open_ = store.history_columns(closed=False)
             owners = store.owners()
-        scored = self._score_open(model, open_, owners, refresh_rates=False)
+        scored = self._score_open(model, open_, owners)
         say("Done", 1.0)
         return ModelRun(model.version, None, scored, time.perf_counter() - started, retrained=False)
 
-    def _score_open(self, model: Any, histories: list[Any], owners: list[Any], *, refresh_rates: bool = True) -> int:
-        """Score today's open deals and store them; past win rates are refreshed from the closed deals
-        among `histories` unless `refresh_rates` is off (the model's own are current)."""
-        open_ = [h for h in histories if not h.deal.is_closed]
-        closed = [h for h in histories if h.deal.is_closed] if refresh_rates else None
-        scores = model.score(open_, self.today(), closed=closed, owners=owners)
+    def _score_open(self, model: Any, open_: HistoryColumns, owners: list[Any], *, closed: list[Any] | None = None) -> int:
+        """Score today's open deals (`HistoryColumns`) and store the scores; `closed` (the deals closed
+        so far) refreshes the past win rates, which are otherwise the model's own."""
+        scores = model.score_columns(open_, self.today(), closed=closed, owners=owners)
         with self.store() as store:
-            return store.write_scores(scores)
+            return store.write_score_columns(scores)
 
     def scores(self, ids: list[str] | None = None) -> dict[str, DealScore]:
         """Stored scores (all, or of these deals)."""
@@ -1075,6 +1076,13 @@ class CockpitService:
             names = sorted({s.name for _, s in stages.values()})
             raise KeyError(f"no stage called {text!r}; stages: {', '.join(names)}")
         raise KeyError(f"stage {text!r} exists in several pipelines ({', '.join(hits)}); give its id or --pipeline")
+
+
+def _open_columns(histories: list[DealHistory]) -> HistoryColumns:
+    """The open deals among `histories`, as the columns the win model scores."""
+    from cockpit.models.columns import HistoryColumns  # numpy: not on the start-up path
+
+    return HistoryColumns.of([h for h in histories if not h.deal.is_closed])
 
 
 # -- the review call ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ activity, the rep, the lead source), so a model has real signal to find and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cockpit.models import (
     DealHistory,
@@ -26,10 +29,12 @@ from cockpit.models import (
     Opportunity,
     Owner,
     Pipeline,
+    Reason,
     Stage,
     StageChange,
     snapshot_of,
 )
+from cockpit.models.columns import HistoryColumns, ReasonColumns
 from cockpit.scoring import (
     ScoringConfig,
     TrainingError,
@@ -40,7 +45,7 @@ from cockpit.scoring import (
 )
 from cockpit.scoring.baselines import CRM, STAGE_RATE
 from cockpit.scoring.examples import context_for, prepare
-from cockpit.scoring.features import CALL_HABIT_PRIOR, FEATURE_NAMES, CallEvents, StageTable, build_frame, flatten
+from cockpit.scoring.features import CALL_HABIT_PRIOR, FEATURE_NAMES, CallEvents, StageTable, attribute_kinds, build_frame, flatten, flatten_columns
 from cockpit.scoring.estimators import _enough_rounds
 from cockpit.scoring.model import MODEL, _with_recent_calls
 from cockpit.scoring.reasons import describe
@@ -556,6 +561,11 @@ def test_a_stage_with_few_deals_is_scored_with_its_historical_rate(histories):
     rate = result.model.targets["won"].rates.predict(np.array([pipeline.stages.index(rare)]))[0]
     assert score.p_won == pytest.approx(rate)
     assert "insufficient history in Legal review" in score.reasons[0].text
+    # Among other deals, it keeps its one reason and theirs stay theirs.
+    others = [h for h in histories if not h.deal.is_closed][:40]
+    mixed = result.model.score([*others[:20], h, *others[20:]], END)
+    assert mixed[20] == score
+    assert mixed[:20] + mixed[21:] == result.model.score(others, END)
 
 
 def test_calibration_corrects_a_score_that_is_off_by_weeks_left_and_deal_size():
@@ -746,16 +756,54 @@ def test_counterfactual_trees_equal_predicting_every_tree_again(histories, train
         done = counterfactual.evaluate(est, paths, B)
         total, per_group = est.raw_by_group(B, groups)
         assert np.array_equal(done.total, total) and np.array_equal(done.per_group, per_group)
-        R = est.bin(model.references)[np.where(frame.stage >= 0, frame.stage, len(model.references) - 1)]
+        typical = np.where(frame.stage >= 0, frame.stage, len(model.references) - 1)
+        refs = est.bin(model.references)
+        R = refs[typical]
         for g, cols in enumerate(groups):
             rows = np.flatnonzero((B[:, cols] != R[:, cols]).any(axis=1))[::2]  # any subset of rows
             changed = B[rows]
             changed[:, cols] = R[rows][:, cols]
             expected = est.group_raw(changed, groups, g)
-            got = counterfactual.group_raw(est, paths, done, g, cols, rows, B, R)
+            got = counterfactual.group_raw(est, paths, done, g, cols, rows, B, refs, typical)
             assert np.array_equal(got, expected)
             compared += len(rows) * int(paths.uses[g].sum())
     assert compared > 1000
+
+
+def test_a_path_agrees_with_typical_values_exactly_when_they_reach_the_same_leaf(trained):
+    """`TreePaths.agreement` (the typical row goes the path's way at every split on the group) holds
+    exactly when the row with the group set to the typical values ends in the same leaf; checked on
+    random binned rows and typical rows, missing bins and categories included."""
+    from cockpit.scoring import counterfactual
+    from cockpit.scoring.estimators import MISSING, TreeModel
+
+    model = trained.model
+    est = model.targets["won"].estimator
+    assert isinstance(est, TreeModel)
+    groups = [cols for _, cols in model.reason_groups()]
+    paths = counterfactual.TreePaths.of(est, groups)
+    rng = np.random.default_rng(5)
+    p = len(est.thresholds)
+    width = np.array([len(t) + 1 for t in est.thresholds])
+
+    def rows(n: int) -> np.ndarray:
+        B = (rng.random((n, p)) * width).astype(np.uint8)
+        B[rng.random((n, p)) < 0.15] = MISSING
+        return B
+
+    B, refs = rows(400), rows(6)
+    agree = paths.agreement(refs)
+    categorical_splits = 0
+    for t, predictor in enumerate(paths.leaf_predictors):
+        leaf = predictor.predict_binned(B, MISSING, 1).astype(np.intp)
+        categorical_splits += int(predictor.nodes["is_categorical"][predictor.nodes["is_leaf"] == 0].sum())
+        for g, cols in enumerate(groups):
+            for k in range(len(refs)):
+                changed = B.copy()
+                changed[:, cols] = refs[k, cols]
+                same = predictor.predict_binned(changed, MISSING, 1).astype(np.intp) == leaf
+                assert np.array_equal(agree[t][g][leaf * len(refs) + k], same), (t, g, k)
+    assert categorical_splits > 0
 
 
 def test_flatten_reads_each_deal_field_as_before(histories):
@@ -774,6 +822,65 @@ def test_flatten_reads_each_deal_field_as_before(histories):
     assert flat.deal_won.tolist() == [h.deal.is_won for h in histories[:60]]
     empty = flatten([], ctx.stages, ctx.attributes)
     assert empty.n_deals == 0 and empty.deal_ids == [] and len(empty.row_day) == 0
+
+
+def test_score_columns_are_the_scores_and_the_json_the_store_keeps(histories, trained):
+    model = trained.model
+    open_deals = [h for h in histories if not h.deal.is_closed]
+    columns = model.score_columns(HistoryColumns.of(open_deals), END)
+    scores = model.score(open_deals, END)
+    assert columns.to_scores() == scores
+    assert columns.reasons.json() == [
+        json.dumps([r.model_dump() for r in s.reasons], ensure_ascii=False) for s in scores
+    ]
+    assert len(columns.reasons.text) < len(columns.reasons.index)  # shared reasons are kept once
+    bare = model.score_columns(HistoryColumns.of(open_deals), END, reasons=False)
+    assert bare.reasons.json() == ["[]"] * len(open_deals)
+
+
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.sampled_from(["deal_age", "attr:区域"]), st.text(), st.floats(-100, 100, allow_nan=False)),
+            max_size=5,
+        ),
+        max_size=6,
+    )
+)
+def test_reason_columns_write_the_json_of_their_reasons(per_score):
+    distinct = list(dict.fromkeys(r for rs in per_score for r in rs))
+    where = {r: i for i, r in enumerate(distinct)}
+    columns = ReasonColumns(
+        start=np.cumsum([0, *map(len, per_score)]),
+        index=np.array([where[r] for rs in per_score for r in rs], dtype=np.int64),
+        feature=[f for f, _, _ in distinct],
+        text=[t for _, t, _ in distinct],
+        points=[p for _, _, p in distinct],
+    )
+    objects = [tuple(Reason(feature=f, text=t, points=p) for f, t, p in rs) for rs in per_score]
+    assert columns.objects() == objects
+    assert columns.json() == [json.dumps([r.model_dump() for r in rs], ensure_ascii=False) for rs in objects]
+
+
+def test_deals_sharing_attribute_sets_read_as_deals_with_their_own(histories):
+    """The store hands deals with equal attributes one shared set; the codes come out the same."""
+    ctx = make_context([PIPELINE], OWNERS, CALENDAR)
+    own = HistoryColumns.of(histories)
+    texts = [json.dumps(a, sort_keys=True) for a in own.attributes()]
+    distinct = sorted(set(texts), reverse=True)  # in another order than the deals'
+    shared = dataclasses.replace(
+        own,
+        attribute_set=np.array([distinct.index(t) for t in texts]),
+        attribute_sets=[json.loads(t) for t in distinct],
+    )
+    assert len(shared.attribute_sets) < len(own.attribute_sets) and shared.attributes() == own.attributes()
+    kinds = attribute_kinds(histories)
+    a, b = flatten_columns(own, ctx.stages, kinds), flatten_columns(shared, ctx.stages, kinds)
+    assert a.attr_cat and a.attr_num
+    for k, (codes, vocab) in a.attr_cat.items():
+        assert b.attr_cat[k][0].tolist() == codes.tolist() and b.attr_cat[k][1] == vocab
+    for k, values in a.attr_num.items():
+        np.testing.assert_array_equal(b.attr_num[k], values)
 
 
 def test_scores_match_the_frame_level_prediction(histories, trained):

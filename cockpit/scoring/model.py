@@ -16,16 +16,18 @@ batched predictions rather than a loop per deal.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
+from operator import itemgetter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
-from itertools import islice
 from typing import Any
 
 import numpy as np
 
-from cockpit.models import DealHistory, DealScore, Owner, Reason
-from cockpit.models.trusted import construct_trusted, gc_paused
+from cockpit.models import DealHistory, DealScore, Owner
+from cockpit.models.columns import HistoryColumns, ReasonColumns, ScoreColumns
+from cockpit.models.trusted import gc_paused
 from cockpit.scoring import counterfactual
 from cockpit.scoring.baselines import CRM, STAGE_RATE, StageRates, crm_probability
 from cockpit.scoring.estimators import Calibrator, Encoder, LinearModel, TreeModel
@@ -39,6 +41,7 @@ from cockpit.scoring.features import (
     build_frame,
     day_of,
     flatten,
+    flatten_columns,
     team_key,
 )
 from cockpit.scoring.reasons import describe
@@ -153,47 +156,47 @@ class ScoringModel:
         owners: Sequence[Owner] | None = None,
         reasons: bool = True,
     ) -> list[DealScore]:
+        """`score_columns` of `DealHistory` objects, as `DealScore` objects."""
+        with gc_paused():  # hundreds of thousands of new objects: avoid repeated full collections
+            deals = HistoryColumns.of(list(histories_open))
+            return self.score_columns(deals, as_of, closed=closed, owners=owners, reasons=reasons).to_scores()
+
+    def score_columns(
+        self,
+        deals: HistoryColumns,
+        as_of: date,
+        *,
+        closed: Iterable[DealHistory] | None = None,
+        owners: Sequence[Owner] | None = None,
+        reasons: bool = True,
+    ) -> ScoreColumns:
         """Score the deals that were open at the end of `as_of` (others are skipped).
 
         `closed` (deals closed so far) refreshes the owners' and teams' past win rates; without it
         the outcomes known at training are used. `owners` refreshes names and teams.
         """
-        hist = list(histories_open)
-        with gc_paused():  # hundreds of thousands of new objects: avoid repeated full collections
+        with gc_paused():
             names = {**self.owner_names, **{o.id: o.name for o in owners or ()}}
-            return self._score(hist, as_of, self._context(closed, owners), reasons, names)
+            return self._score(deals, as_of, self._context(closed, owners), reasons, names)
 
     def _score(
-        self, hist: list[DealHistory], as_of: date, ctx: FeatureContext, reasons: bool, names: dict[str, str]
-    ) -> list[DealScore]:
-        flat = flatten(hist, ctx.stages, ctx.attributes)
+        self, deals: HistoryColumns, as_of: date, ctx: FeatureContext, reasons: bool, names: dict[str, str]
+    ) -> ScoreColumns:
+        flat = flatten_columns(deals, ctx.stages, ctx.attributes)
         ctx = _with_recent_calls(ctx, flat, as_of.toordinal())
-        n = len(hist)
+        n = len(deals)
         frame = build_frame(
             flat, np.arange(n, dtype=np.int64), np.full(n, as_of.toordinal(), dtype=np.int64), ctx
         )
         frame = frame.subset(frame.is_open)
         X = self.encoder.transform(frame)
-        owner_ids = [flat.owner_ids[i] for i in frame.deal]
-        probs = self._predict(frame, X, ctx, owner_ids, names, with_reasons=reasons)
-        p_won, p_q, why = probs
-        version = self.version
-        make = fast_constructor(DealScore)
+        owners = (flat.owner[frame.deal], flat.owners)
+        p_won, p_q, why = self._predict(frame, X, ctx, owners, names, with_reasons=reasons)
+        rows = frame.deal.tolist()
         ids = flat.deal_ids
-        won, quarter = p_won.tolist(), p_q.tolist()
-        return [
-            make(
-                {
-                    "opportunity_id": ids[i],
-                    "as_of": as_of,
-                    "p_won": won[k],
-                    "p_in_quarter": quarter[k],
-                    "reasons": why[k] if why is not None else (),
-                    "model_version": version,
-                }
-            )
-            for k, i in enumerate(frame.deal.tolist())
-        ]
+        return ScoreColumns(
+            as_of, self.version, [ids[i] for i in rows], p_won, p_q, why or ReasonColumns.none(len(rows))
+        )
 
     def predict_frame(self, frame: FeatureFrame, ctx: FeatureContext | None = None) -> dict[str, np.ndarray]:
         """Both probabilities for a feature frame built with this model's context."""
@@ -234,10 +237,10 @@ class ScoringModel:
         frame: FeatureFrame,
         X: np.ndarray,
         ctx: FeatureContext,
-        owner_ids: list[str],
+        owners: tuple[np.ndarray, list[str]],
         names: dict[str, str],
         with_reasons: bool,
-    ) -> tuple[np.ndarray, np.ndarray, list[tuple[Reason, ...]] | None]:
+    ) -> tuple[np.ndarray, np.ndarray, ReasonColumns | None]:
         settings = self.reason_settings
         explained = self.targets[settings.target]
         p = {}
@@ -252,7 +255,7 @@ class ScoringModel:
         if not with_reasons:
             return p_won, p_q, None
         final = p_won if settings.target == "won" else p_q
-        return p_won, p_q, self._reasons(explained, frame, X, ctx, owner_ids, names, final, points)
+        return p_won, p_q, self._reasons(explained, frame, X, ctx, owners, names, final, points)
 
     # -- reasons ----------------------------------------------------------------------------------
 
@@ -279,14 +282,15 @@ class ScoringModel:
         shifted = set(calibrator.shift.used_columns) if calibrator.shift is not None else set()
         p = tm.from_raw(total, stage, shift)
         typical = np.where(stage >= 0, stage, len(self.references) - 1)
-        R = est.bin(self.references)[typical]
+        refs = est.bin(self.references)
+        R = refs[typical]
         usable = ~tm.insufficient(stage)
         points = np.zeros((len(groups), len(B)))
         for g, cols in enumerate(groups):
             rows = np.flatnonzero(usable & (B[:, cols] != R[:, cols]).any(axis=1))
             if not len(rows):
                 continue
-            raw = total[rows] - per_group[g, rows] + explained.changed(g, rows, R)
+            raw = total[rows] - per_group[g, rows] + explained.changed(g, rows, refs, typical)
             row_shift = shift[rows] if shift is not None else None
             if shifted.intersection(cols.tolist()):  # the shift sees the typical values too (size)
                 X_typical = X[rows]
@@ -301,11 +305,11 @@ class ScoringModel:
         frame: FeatureFrame,
         X: np.ndarray,
         ctx: FeatureContext,
-        owner_ids: list[str],
+        owners: tuple[np.ndarray, list[str]],
         names: dict[str, str],
         p: np.ndarray,
         points: np.ndarray | None,
-    ) -> list[tuple[Reason, ...]]:
+    ) -> ReasonColumns:
         """The strongest reasons per deal: up to `max_reasons`, at least `min_reasons`, and beyond
         that only those worth half a point or more."""
         if points is None:
@@ -315,65 +319,59 @@ class ScoringModel:
         n = len(frame.day)
         ranks = min(settings.max_reasons, len(named))
         if ranks == 0:
-            return [()] * n
-        order = np.argsort(-np.abs(points), axis=0, kind="stable")[:ranks]
+            return ReasonColumns.none(n)
+        order = np.argsort(-np.abs(points.T), axis=1, kind="stable")[:, :ranks].T
         top = np.take_along_axis(points, order, axis=0)
         keep = (np.abs(top) >= 0.5) | (np.arange(ranks) < settings.min_reasons)[:, None]
         keep = np.cumprod(keep, axis=0).astype(bool)
         insufficient = tm.insufficient(frame.stage)
         keep[:, insufficient] = False
         # Every kept (deal, rank) as one integer key of (group, text, points in tenths), deal by deal
-        # in rank order; equal keys are one frozen Reason (many deals share "close date never pushed").
+        # in rank order; equal keys are one distinct reason (many deals share "close date never pushed").
         deal, rank = np.nonzero(keep.T)
         group = order[rank, deal]
         tenths = np.rint(top[rank, deal] * 10.0).astype(np.int64)
-        codes, texts = _group_texts(self, named, group, deal, frame, X, ctx, owner_ids, names)
+        codes, texts = _group_texts(self, named, group, deal, frame, X, ctx, owners, names)
         width = max((len(t) for t in texts), default=0) + 1
         key = (tenths - tenths.min(initial=0)) * (width * len(named)) + codes[group, deal] * len(named) + group
         _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-        make = fast_constructor(Reason)
         features = [self.encoder.specs[cols[0]].name for _, cols in named]
-        made = [
-            make({"feature": features[g], "text": texts[g][c], "points": t / 10.0})
-            for g, c, t in zip(
-                group[first].tolist(), codes[group[first], deal[first]].tolist(), tenths[first].tolist(),
-                strict=True,
-            )
-        ]
-        reasons = iter([made[i] for i in np.ravel(inverse).tolist()])
-        thin = self._thin_reasons(tm, frame.stage, insufficient, ctx)
-        return [
-            tuple(islice(reasons, c)) if c else thin.get(k, ()) for k, c in enumerate(keep.sum(axis=0).tolist())
-        ]
+        text_at = np.cumsum([0, *map(len, texts)])  # every group's texts in one list
+        reasons = ReasonColumns(
+            start=np.concatenate(([0], np.cumsum(keep.sum(axis=0) + insufficient))).astype(np.int64),
+            index=np.empty(len(deal) + int(insufficient.sum()), dtype=np.int64),
+            feature=_pick(features, group[first]),
+            text=_pick(list(chain.from_iterable(texts)), text_at[group[first]] + codes[group[first], deal[first]]),
+            points=(tenths[first] / 10.0).tolist(),
+        )
+        thin = reasons.start[:-1][insufficient]
+        shown = np.ones(len(reasons.index), dtype=bool)
+        shown[thin] = False
+        reasons.index[shown] = np.ravel(inverse)
+        reasons.index[thin] = self._thin_reasons(tm, frame.stage[insufficient], ctx, reasons)
+        return reasons
 
     def _thin_reasons(
-        self, tm: TargetModel, stage: np.ndarray, insufficient: np.ndarray, ctx: FeatureContext
-    ) -> dict[int, tuple[Reason, ...]]:
-        """ "Insufficient history" reasons for the rows scored with their stage's historical rate."""
-        out: dict[int, tuple[Reason, ...]] = {}
-        by_stage: dict[int, tuple[Reason, ...]] = {}
-        for k in np.flatnonzero(insufficient).tolist():
-            s = int(stage[k])
-            if s not in by_stage:
-                name = ctx.stages.names[s] if s >= 0 else "an unknown stage"
-                n = int(tm.model_deals[s]) if s >= 0 else 0
-                rate = float(tm.rates.predict(np.array([s]))[0])
-                by_stage[s] = (
-                    Reason.model_construct(
-                        feature="stage",
-                        text=(
-                            f"insufficient history in {name} ({_deals(n)}): "
-                            f"scored with its historical rate {rate:.0%}"
-                        ),
-                        points=0.0,
-                    ),
-                )
-            out[k] = by_stage[s]
-        return out
+        self, tm: TargetModel, stage: np.ndarray, ctx: FeatureContext, reasons: ReasonColumns
+    ) -> np.ndarray:
+        """ "Insufficient history" reasons of rows in `stage` (scored with their stage's historical
+        rate), added to `reasons`' distinct ones: their indices there."""
+        stages, inverse = np.unique(stage, return_inverse=True)
+        at = len(reasons.text)
+        for s in stages.tolist():
+            name = ctx.stages.names[s] if s >= 0 else "an unknown stage"
+            n = int(tm.model_deals[s]) if s >= 0 else 0
+            rate = float(tm.rates.predict(np.array([s]))[0])
+            reasons.feature.append("stage")
+            reasons.text.append(
+                f"insufficient history in {name} ({_deals(n)}): scored with its historical rate {rate:.0%}"
+            )
+            reasons.points.append(0.0)
+        return at + np.ravel(inverse)
 
     def _baseline_reasons(
         self, tm: TargetModel, frame: FeatureFrame, ctx: FeatureContext, p: np.ndarray
-    ) -> list[tuple[Reason, ...]]:
+    ) -> ReasonColumns:
         """A baseline depends on the stage alone: one reason, the stage against the overall rate."""
         stages = ctx.stages
         overall = tm.rates.overall
@@ -381,21 +379,17 @@ class ScoringModel:
             np.stack([frame.stage.astype(np.float64), np.round(p, 4)], axis=1) if len(p) else np.zeros((0, 2))
         )
         uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        made = []
+        reasons = ReasonColumns(np.arange(len(p) + 1, dtype=np.int64), np.ravel(inverse).astype(np.int64), [], [], [])
         for s, value in uniq.tolist():
             name = stages.names[int(s)] if s >= 0 else "an unknown stage"
             if tm.chosen == CRM:
                 text = f"CRM probability of {name}: {value:.0%} (the model did not beat it)"
             else:
                 text = f"deals in {name} were won {value:.0%} of the time (the model did not beat this)"
-            made.append(
-                (
-                    Reason.model_construct(
-                        feature="stage", text=text, points=round((value - overall) * 100, 1)
-                    ),
-                )
-            )
-        return [made[i] for i in np.ravel(inverse).tolist()]
+            reasons.feature.append("stage")
+            reasons.text.append(text)
+            reasons.points.append(round((value - overall) * 100, 1))
+        return reasons
 
 
 def _with_recent_calls(ctx: FeatureContext, flat: Flat, as_of: int) -> FeatureContext:
@@ -405,6 +399,11 @@ def _with_recent_calls(ctx: FeatureContext, flat: Flat, as_of: int) -> FeatureCo
         return ctx
     recent = CallEvents.from_flat(flat, ctx.stages, as_of, after_day=calls.through_day)
     return replace(ctx, call_events=calls.merged(recent)) if len(recent.day) else ctx
+
+
+def _pick(values: list[str], at: np.ndarray) -> list[str]:
+    """`[values[i] for i in at]`, looked up in C."""
+    return list(itemgetter(*at.tolist())(values)) if len(at) > 1 else [values[i] for i in at.tolist()]
 
 
 def _deals(n: int) -> str:
@@ -419,22 +418,21 @@ def _group_texts(
     frame: FeatureFrame,
     X: np.ndarray,
     ctx: FeatureContext,
-    owner_ids: list[str],
+    owners: tuple[np.ndarray, list[str]],
     names: dict[str, str],
 ) -> tuple[np.ndarray, list[list[str]]]:
     """The text of each reason shown: (codes, texts), where deal d's reason of group g reads
-    `texts[g][codes[g, d]]` for each (g, d) in zip(`group`, `deal`).
+    `texts[g][codes[g, d]]` for each (g, d) in zip(`group`, `deal`). `deal` is sorted, and holds a
+    deal at most once per group. `owners`: each deal's owner code, and the owner ids behind them.
 
     Each distinct combination of a group's values is described once: most deals share them.
     """
     n = len(frame.day)
-    owners = sorted(set(owner_ids))
-    owner_index = {o: i for i, o in enumerate(owners)}
-    owner_code = np.array([owner_index[o] for o in owner_ids], dtype=np.float64)
+    owner_code, owner_ids = owners[0].astype(np.float64), owners[1]
     codes = np.zeros((len(named), n), dtype=np.int64)
     texts: list[list[str]] = []
     for g, (name, cols) in enumerate(named):
-        rows = np.unique(deal[group == g])
+        rows = deal[group == g]
         if not len(rows):
             texts.append([])
             continue
@@ -445,7 +443,7 @@ def _group_texts(
             keys = np.column_stack([keys, owner_code[rows]])
         first, inverse = _distinct_rows(keys)
         texts.append(
-            [_describe_row(model, ctx, name, cols, values, owners, names) for values in keys[first].tolist()]
+            [_describe_row(model, ctx, name, cols, values, owner_ids, names) for values in keys[first].tolist()]
         )
         codes[g, rows] = inverse
     return codes, texts
@@ -500,43 +498,6 @@ def _describe_row(
         team=team_name,
         activity_window=ctx.activity_window_days,
     )
-
-
-def fast_constructor(cls: type) -> Callable[[dict[str, Any]], Any]:
-    """Build pydantic models from trusted, complete values without validation (~10x faster).
-
-    Used for the 100,000s of scores and reasons a scoring run makes, whose values this module
-    computes itself. Checked once against validation; if pydantic's internals differ, it validates.
-    """
-    cached = _CONSTRUCTORS.get(cls)
-    if cached is not None:
-        return cached
-
-    def construct(values: dict[str, Any]) -> Any:
-        return construct_trusted(cls, values)
-
-    samples = {
-        Reason: {"feature": "deal_age", "text": "deal open 3 days", "points": -1.5},
-        DealScore: {
-            "opportunity_id": "x",
-            "as_of": date(2026, 1, 5),
-            "p_won": 0.5,
-            "p_in_quarter": 0.25,
-            "reasons": (),
-            "model_version": "v",
-        },
-    }
-    sample = samples.get(cls)
-    chosen: Callable[[dict[str, Any]], Any] = lambda values: cls.model_validate(values)
-    if sample is not None:
-        fast, slow = construct(dict(sample)), cls.model_validate(dict(sample))
-        if fast == slow and fast.model_dump_json() == slow.model_dump_json() and hash(fast) == hash(slow):
-            chosen = construct
-    _CONSTRUCTORS[cls] = chosen
-    return chosen
-
-
-_CONSTRUCTORS: dict[type, Callable[[dict[str, Any]], Any]] = {}
 
 
 def _team_label(team: str | None, names: dict[str, str]) -> str:
