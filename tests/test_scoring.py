@@ -802,7 +802,7 @@ def test_a_path_agrees_with_typical_values_exactly_when_they_reach_the_same_leaf
                 changed = B.copy()
                 changed[:, cols] = refs[k, cols]
                 same = predictor.predict_binned(changed, MISSING, 1).astype(np.intp) == leaf
-                assert np.array_equal(agree[t][g][leaf * len(refs) + k], same), (t, g, k)
+                assert np.array_equal(agree[t][leaf, g, k], same), (t, g, k)
     assert categorical_splits > 0
 
 

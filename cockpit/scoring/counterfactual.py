@@ -35,7 +35,7 @@ class TreePaths:
     """Each feature's group (-1: none)."""
     uses: np.ndarray
     """(groups x trees): True where the tree splits on the group anywhere."""
-    _agreement: dict[bytes, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    _departures: dict[bytes, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, est: TreeModel, groups: list[np.ndarray]) -> TreePaths:
@@ -57,21 +57,23 @@ class TreePaths:
         return cls(leaf_predictors, values, group_of, est._group_trees(groups))
 
     def agreement(self, refs: np.ndarray) -> list[np.ndarray]:
-        """Per tree, (groups x nodes x rows of `refs`, binned typical rows): True where every node on
+        """Per tree, (nodes x groups x rows of `refs`, binned typical rows): True where every node on
         the path from the root to the node that splits on the group sends the typical row the way
         the path goes. A deal whose leaf agrees with its typical row on a group reaches the same
-        leaf with the group set to the typical values. Computed once per `refs`; each group's part
-        is one flat array, read at `node * len(refs) + row of refs`."""
+        leaf with the group set to the typical values."""
+        return [self._agree(p, refs, self.uses.shape[0]) for p in self.leaf_predictors]
+
+    def departures(self, refs: np.ndarray) -> list[np.ndarray]:
+        """Per tree and group, the `agreement` turned around and flat: True at `leaf * len(refs) + k`
+        where typical row k leaves the path to the leaf (a deal there must be run again). Computed
+        once per `refs`."""
         key = refs.tobytes()
-        if key not in self._agreement:
+        if key not in self._departures:
             n_groups = self.uses.shape[0]
-            self._agreement = {
-                key: [
-                    self._agree(p, refs, n_groups).transpose(1, 0, 2).reshape(n_groups, -1)
-                    for p in self.leaf_predictors
-                ]
+            self._departures = {
+                key: [~a.transpose(1, 0, 2).reshape(n_groups, -1) for a in self.agreement(refs)]
             }
-        return self._agreement[key]
+        return self._departures[key]
 
     def _agree(self, pred, refs: np.ndarray, n_groups: int) -> np.ndarray:
         nodes = pred.nodes
@@ -146,27 +148,31 @@ def group_raw(
     B: np.ndarray,
     refs: np.ndarray,
     ref_of: np.ndarray,
+    keys: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Summed output of the trees that use group `g` (columns `cols`) on rows `rows` of `B` with those
     columns set to their typical row's (row i's is `refs[ref_of[i]]`): `TreeModel.group_raw` of the
-    changed rows, re-running a tree only on the rows whose typical values leave the path to their leaf."""
+    changed rows, re-running a tree only on the rows whose typical values leave the path to their leaf.
+    `keys`: `leaf_keys(done, ref_of, len(refs))`, when the caller has them."""
     preds = est.predictors()
     threads = n_threads()
-    agree = paths.agreement(refs)
-    ref = ref_of[rows]
+    departs = paths.departures(refs)
+    keys = keys if keys is not None else leaf_keys(done, ref_of, len(refs))
     changed = B[rows]
-    changed[:, cols] = refs[:, cols][ref]
+    changed[:, cols] = refs[:, cols][ref_of[rows]]
     out = np.zeros(len(rows))
     for t in np.flatnonzero(paths.uses[g]):
         tree_out = done.out[t][rows]
-        leaf = done.leaf[t][rows]
-        leaf *= len(refs)
-        leaf += ref
-        again = np.flatnonzero(~agree[t][g][leaf])
+        again = np.flatnonzero(departs[t][g][keys[t][rows]])
         if len(again):
             tree_out[again] = preds[t].predict_binned(changed[again], MISSING, threads)
         out += tree_out
     return out
+
+
+def leaf_keys(done: Evaluated, ref_of: np.ndarray, n_refs: int) -> list[np.ndarray]:
+    """Per tree, each row's leaf and typical row as one index into `TreePaths.departures`."""
+    return [leaf * n_refs + ref_of for leaf in done.leaf]
 
 
 @dataclass
@@ -183,13 +189,25 @@ class Explanation:
     """(groups x rows): the part of `total` that group `g` can change."""
     paths: TreePaths | None = None
     done: Evaluated | None = None
+    _keys: dict[bytes, list[np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def prepare(self, refs: np.ndarray, ref_of: np.ndarray) -> list[np.ndarray]:
+        """What `changed` needs for these typical rows, computed once (before threads share it)."""
+        if self.paths is None or self.done is None:
+            return []
+        self.paths.departures(refs)
+        key = ref_of.tobytes()
+        if key not in self._keys:
+            self._keys = {key: leaf_keys(self.done, ref_of, len(refs))}
+        return self._keys[key]
 
     def changed(self, g: int, rows: np.ndarray, refs: np.ndarray, ref_of: np.ndarray) -> np.ndarray:
         """`per_group[g, rows]` as it would be with group `g`'s columns of `rows` set to their typical
         row's (row i's is `refs[ref_of[i]]`, binned)."""
         cols = self.groups[g]
         if self.paths is not None and self.done is not None:
-            return group_raw(self.est, self.paths, self.done, g, cols, rows, self.B, refs, ref_of)
+            keys = self.prepare(refs, ref_of)
+            return group_raw(self.est, self.paths, self.done, g, cols, rows, self.B, refs, ref_of, keys)
         B_typical = self.B[rows]
         B_typical[:, cols] = refs[ref_of[rows]][:, cols]
         return self.est.group_raw(B_typical, self.groups, g)

@@ -16,12 +16,13 @@ batched predictions rather than a loop per deal.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from operator import itemgetter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -53,6 +54,17 @@ P_MIN, P_MAX = 0.001, 0.999
 """Scores stay inside [0.1%, 99.9%]: the model never claims certainty about an open deal."""
 
 
+class StageTerms(NamedTuple):
+    """Per row: training deals of the row's stage, its historical rate, and whether it is too thin."""
+
+    deals: np.ndarray
+    rate: np.ndarray
+    thin: np.ndarray
+
+    def take(self, rows: np.ndarray) -> StageTerms:
+        return StageTerms(self.deals[rows], self.rate[rows], self.thin[rows])
+
+
 @dataclass
 class TargetModel:
     """How one target is scored: the estimator (or a baseline), calibration and shrinkage."""
@@ -75,16 +87,23 @@ class TargetModel:
         n = np.where(known, self.model_deals[np.where(known, stage, 0)], 0)
         return n < self.min_stage
 
-    def from_raw(self, raw: np.ndarray, stage: np.ndarray, shift: np.ndarray | None) -> np.ndarray:
-        """Final probability from the estimator's log-odds: calibrate (with the rows' context shift,
-        `Calibrator.shift_of`), shrink, fall back where thin."""
-        p = self.calibrator.apply(raw, shift)
+    def stage_terms(self, stage: np.ndarray) -> StageTerms:
+        """What `from_raw` takes from the rows' stages."""
         known = stage >= 0
         n = np.where(known, self.model_deals[np.where(known, stage, 0)], 0).astype(np.float64)
-        base = self.rates.predict(stage)
+        return StageTerms(n, self.rates.predict(stage), self.insufficient(stage))
+
+    def from_raw(
+        self, raw: np.ndarray, stage: np.ndarray, shift: np.ndarray | None, terms: StageTerms | None = None
+    ) -> np.ndarray:
+        """Final probability from the estimator's log-odds: calibrate (with the rows' context shift,
+        `Calibrator.shift_of`), shrink, fall back where thin (`terms`: `stage_terms(stage)`, when the
+        caller has them)."""
+        p = self.calibrator.apply(raw, shift)
+        n, base, thin = terms if terms is not None else self.stage_terms(stage)
         k = self.shrinkage
         p = (n * p + k * base) / np.maximum(n + k, 1e-12)
-        p = np.where(self.insufficient(stage), base, p)
+        p = np.where(thin, base, p)
         return np.clip(p, P_MIN, P_MAX)
 
     def predict(self, frame: FeatureFrame, X: np.ndarray, ctx: FeatureContext) -> np.ndarray:
@@ -243,13 +262,20 @@ class ScoringModel:
     ) -> tuple[np.ndarray, np.ndarray, ReasonColumns | None]:
         settings = self.reason_settings
         explained = self.targets[settings.target]
-        p = {}
+        explains = with_reasons and explained.chosen == MODEL and explained.estimator is not None
+        p: dict[str, np.ndarray] = {}
         points = None
-        for name, tm in self.targets.items():
-            if with_reasons and tm is explained and tm.chosen == MODEL and tm.estimator is not None:
-                p[name], points = self._explain(tm, frame, X)
-            else:
-                p[name] = tm.predict(frame, X, ctx)
+        # The other target's trees run beside the explained one's: tree prediction and most numpy
+        # work release the GIL, so the two targets share the cores.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            others = {
+                name: pool.submit(tm.predict, frame, X, ctx)
+                for name, tm in self.targets.items()
+                if not (explains and tm is explained)
+            }
+            if explains:
+                p[settings.target], points = self._explain(explained, frame, X)
+            p.update({name: future.result() for name, future in others.items()})
         p_won = p["won"]
         p_q = np.minimum(p["in_quarter"], p_won)
         if not with_reasons:
@@ -280,23 +306,31 @@ class ScoringModel:
         calibrator = tm.calibrator
         shift = calibrator.shift_of(X)
         shifted = set(calibrator.shift.used_columns) if calibrator.shift is not None else set()
-        p = tm.from_raw(total, stage, shift)
+        terms = tm.stage_terms(stage)
+        p = tm.from_raw(total, stage, shift, terms)
         typical = np.where(stage >= 0, stage, len(self.references) - 1)
         refs = est.bin(self.references)
         R = refs[typical]
-        usable = ~tm.insufficient(stage)
+        usable = ~terms.thin
         points = np.zeros((len(groups), len(B)))
-        for g, cols in enumerate(groups):
+        explained.prepare(refs, typical)
+
+        def group_points(g: int) -> None:
+            cols = groups[g]
             rows = np.flatnonzero(usable & (B[:, cols] != R[:, cols]).any(axis=1))
             if not len(rows):
-                continue
+                return
             raw = total[rows] - per_group[g, rows] + explained.changed(g, rows, refs, typical)
             row_shift = shift[rows] if shift is not None else None
             if shifted.intersection(cols.tolist()):  # the shift sees the typical values too (size)
                 X_typical = X[rows]
                 X_typical[:, cols] = self.references[typical[rows]][:, cols]
                 row_shift = calibrator.shift_of(X_typical)
-            points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows], row_shift)) * 100.0
+            points[g, rows] = (p[rows] - tm.from_raw(raw, stage[rows], row_shift, terms.take(rows))) * 100.0
+
+        # Groups are independent, and their trees and numpy work release the GIL: two at a time.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(group_points, range(len(groups))))
         return p, points
 
     def _reasons(
