@@ -143,7 +143,7 @@ def stage_breakdown(model: Any, deals: HistoryColumns) -> dict[str, float]:
     timed(scoring_model, "flatten_columns", "history rows (flatten_columns)")
     timed(scoring_model, "build_frame", "features")
     timed(scoring_model.ScoringModel, "_explain", "probability + reasons' points (trees)")
-    timed(scoring_model.TargetModel, "predict", "other probability (trees)")
+    timed(scoring_model.TargetModel, "predict", OTHER)
     timed(scoring_model, "_group_texts", "reason texts")
     timed(scoring_model.ScoringModel, "_reasons", "reasons")
     try:
@@ -155,9 +155,12 @@ def stage_breakdown(model: Any, deals: HistoryColumns) -> dict[str, float]:
             setattr(owner, name, inner)
     seconds["reasons"] -= seconds["reason texts"]
     seconds["ranking the reasons, distinct ones"] = seconds.pop("reasons")
-    seconds["the rest (encoding, ...)"] = total - sum(seconds.values())
+    seconds["the rest (encoding, ...)"] = total - sum(v for k, v in seconds.items() if k != OTHER)
     seconds["total"] = total
     return seconds
+
+
+OTHER = "other probability (trees, in a thread beside the reasons' trees: not in the total)"
 
 
 def sync(store: Any, deals: list[DealHistory], pipelines: list, owners: list) -> None:

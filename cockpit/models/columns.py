@@ -30,7 +30,7 @@ import numpy as np
 from cockpit.models.pipeline import ForecastCategory
 from cockpit.models.score import DealScore, Reason
 from cockpit.models.snapshot import DealHistory
-from cockpit.models.trusted import construct_trusted
+from cockpit.models.trusted import construct_trusted, gc_paused
 
 CATEGORY_CODE: dict[object, int] = {c: i for i, c in enumerate(ForecastCategory)}
 """Forecast category (the enum member or its value) -> code; absent: -1."""
@@ -85,14 +85,17 @@ class HistoryColumns:
     def of(cls, histories: Sequence[DealHistory]) -> HistoryColumns:
         """The columns of `histories`. Each deal is read once for all its fields, while it is in the
         CPU cache: reading one field at a time over 100,000s of objects costs a cache miss per object
-        and field. Values are converted with `map` over a C callable where none is missing."""
-        deals, changes, activities = _columns(_HISTORY_PARTS, histories, 3)
-        (
-            ids, owners, created, closed, closed_at, won, source, kind, currency, attributes,
-            stage, amount, close, category,
-        ) = _columns(_DEAL_FIELDS, deals, 14)
-        rows: list = list(chain.from_iterable(changes))
-        row_fields = _columns(_CHANGE_FIELDS, rows, 5)
+        and field. Values are converted with `map` over a C callable where none is missing. The
+        garbage collector is paused meanwhile: the columns are a million acyclic tuples and values,
+        and each collection they set off would scan every history again."""
+        with gc_paused():
+            deals, changes, activities = _columns(_HISTORY_PARTS, histories, 3)
+            (
+                ids, owners, created, closed, closed_at, won, source, kind, currency, attributes,
+                stage, amount, close, category,
+            ) = _columns(_DEAL_FIELDS, deals, 14)
+            rows: list = list(chain.from_iterable(changes))
+            row_fields = _columns(_CHANGE_FIELDS, rows, 5)
         return cls(
             deal_ids=list(ids),
             owner_ids=list(owners),
