@@ -96,12 +96,13 @@ class HistoryColumns:
             ) = _columns(_DEAL_FIELDS, deals, 14)
             rows: list = list(chain.from_iterable(changes))
             row_fields = _columns(_CHANGE_FIELDS, rows, 5)
+        is_closed = np.fromiter(closed, dtype=bool, count=len(deals))
         return cls(
             deal_ids=list(ids),
             owner_ids=list(owners),
             created_at=seconds(created),
-            is_closed=np.fromiter(closed, dtype=bool, count=len(deals)),
-            closed_at=np.where(np.fromiter(closed, dtype=bool, count=len(deals)), seconds(closed_at), math.nan),
+            is_closed=is_closed,
+            closed_at=np.where(is_closed, seconds(closed_at), math.nan),
             is_won=np.fromiter(won, dtype=bool, count=len(deals)),
             lead_source=list(source),
             type=list(kind),

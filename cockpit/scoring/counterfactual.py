@@ -178,46 +178,47 @@ def leaf_keys(done: Evaluated, ref_of: np.ndarray, n_refs: int) -> list[np.ndarr
 @dataclass
 class Explanation:
     """A model's log-odds on binned rows, split by reason group, and what a group's trees (or
-    weights) give once that group is set to typical values."""
+    weights) give once that group is set to the rows' typical values (row i's is `refs[ref_of[i]]`,
+    binned)."""
 
     est: TreeModel | LinearModel
     groups: list[np.ndarray]
     B: np.ndarray
+    refs: np.ndarray
+    ref_of: np.ndarray
     total: np.ndarray
     """Log-odds of each row."""
     per_group: np.ndarray
     """(groups x rows): the part of `total` that group `g` can change."""
     paths: TreePaths | None = None
     done: Evaluated | None = None
-    _keys: dict[bytes, list[np.ndarray]] = field(default_factory=dict, repr=False)
+    keys: list[np.ndarray] | None = None
+    """`leaf_keys` of the trees' rows."""
 
-    def prepare(self, refs: np.ndarray, ref_of: np.ndarray) -> list[np.ndarray]:
-        """What `changed` needs for these typical rows, computed once (before threads share it)."""
-        if self.paths is None or self.done is None:
-            return []
-        self.paths.departures(refs)
-        key = ref_of.tobytes()
-        if key not in self._keys:
-            self._keys = {key: leaf_keys(self.done, ref_of, len(refs))}
-        return self._keys[key]
-
-    def changed(self, g: int, rows: np.ndarray, refs: np.ndarray, ref_of: np.ndarray) -> np.ndarray:
+    def changed(self, g: int, rows: np.ndarray) -> np.ndarray:
         """`per_group[g, rows]` as it would be with group `g`'s columns of `rows` set to their typical
-        row's (row i's is `refs[ref_of[i]]`, binned)."""
+        row's. Safe to call from several threads at once."""
         cols = self.groups[g]
         if self.paths is not None and self.done is not None:
-            keys = self.prepare(refs, ref_of)
-            return group_raw(self.est, self.paths, self.done, g, cols, rows, self.B, refs, ref_of, keys)
+            return group_raw(
+                self.est, self.paths, self.done, g, cols, rows, self.B, self.refs, self.ref_of, self.keys
+            )
         B_typical = self.B[rows]
-        B_typical[:, cols] = refs[ref_of[rows]][:, cols]
+        B_typical[:, cols] = self.refs[self.ref_of[rows]][:, cols]
         return self.est.group_raw(B_typical, self.groups, g)
 
 
-def explain(est: TreeModel | LinearModel, B: np.ndarray, groups: list[np.ndarray]) -> Explanation:
-    """`est`'s log-odds on `B` split by `groups`: trees run once, keeping each row's leaves."""
+def explain(
+    est: TreeModel | LinearModel, B: np.ndarray, groups: list[np.ndarray], refs: np.ndarray, ref_of: np.ndarray
+) -> Explanation:
+    """`est`'s log-odds on `B` split by `groups`, with typical row `refs[ref_of[i]]` for row i:
+    trees run once, keeping each row's leaves (and what the typical rows' paths need, computed
+    here so that `changed` only reads)."""
     if isinstance(est, TreeModel):
         paths = est.paths(groups)
         done = evaluate(est, paths, B)
-        return Explanation(est, groups, B, done.total, done.per_group, paths, done)
+        paths.departures(refs)
+        keys = leaf_keys(done, ref_of, len(refs))
+        return Explanation(est, groups, B, refs, ref_of, done.total, done.per_group, paths, done, keys)
     total, per_group = est.raw_by_group(B, groups)
-    return Explanation(est, groups, B, total, per_group)
+    return Explanation(est, groups, B, refs, ref_of, total, per_group)

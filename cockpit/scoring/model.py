@@ -301,26 +301,25 @@ class ScoringModel:
         groups = [cols for _, cols in named]
         B = est.bin(X)
         stage = frame.stage
-        explained = counterfactual.explain(est, B, groups)
+        typical = np.where(stage >= 0, stage, len(self.references) - 1)
+        refs = est.bin(self.references)
+        explained = counterfactual.explain(est, B, groups, refs, typical)
         total, per_group = explained.total, explained.per_group
         calibrator = tm.calibrator
         shift = calibrator.shift_of(X)
         shifted = set(calibrator.shift.used_columns) if calibrator.shift is not None else set()
         terms = tm.stage_terms(stage)
         p = tm.from_raw(total, stage, shift, terms)
-        typical = np.where(stage >= 0, stage, len(self.references) - 1)
-        refs = est.bin(self.references)
         R = refs[typical]
         usable = ~terms.thin
         points = np.zeros((len(groups), len(B)))
-        explained.prepare(refs, typical)
 
         def group_points(g: int) -> None:
             cols = groups[g]
             rows = np.flatnonzero(usable & (B[:, cols] != R[:, cols]).any(axis=1))
             if not len(rows):
                 return
-            raw = total[rows] - per_group[g, rows] + explained.changed(g, rows, refs, typical)
+            raw = total[rows] - per_group[g, rows] + explained.changed(g, rows)
             row_shift = shift[rows] if shift is not None else None
             if shifted.intersection(cols.tolist()):  # the shift sees the typical values too (size)
                 X_typical = X[rows]
