@@ -670,7 +670,8 @@ class CockpitService:
                      since: date | None = None) -> ChangesView:
         """What moved the quarter's open pipeline between `since` (default: the last submission, else a
         week ago) and today: a waterfall that balances to the cent, each bucket with its deals."""
-        from cockpit.forecast.changes import changes, default_since
+        from cockpit.forecast.changes import changes_since, default_since
+        from cockpit.forecast.rollup import rollup
         from cockpit.store.submissions import list_submissions
 
         end = self.today()
@@ -682,12 +683,15 @@ class CockpitService:
             history = list_submissions(store.conn, quarter.label, scope)
             start = since or default_since(end, history[-1].created_at if history else None)
             after = store.snapshot(end, owner_ids=members, closed_from=start)
-            before = store.snapshot(start, owner_ids=members)
-            seen = {s.deal.id for s in before}
-            before += store.snapshot(start, open_only=False, ids=[s.deal.id for s in after if s.deal.id not in seen])
+            # Only the deals with history rows in the window can have moved: read just those as they
+            # stood on start (every deal in scope then is in `after`: closed since start included).
+            moved = store.changed_between(start, end, owner_ids=members)
+            before = store.snapshot(start, open_only=False, ids=[s.deal.id for s in after if s.deal.id in moved])
+            pipelines = store.pipelines()
             stages = store.stages()
-        waterfall = changes(before, after, quarter, start=start, end=end, stages=stages,
-                            config=self.forecast_config, owner_ids=members)
+        roll = rollup(after, quarter, as_of=end, pipelines=pipelines, tree=tree, config=self.forecast_config,
+                      scope=None if members is None else scope)
+        waterfall = changes_since(roll, before, start=start, stages=stages, config=self.forecast_config, moved=moved)
         names = {o: tree.owners[o].name for o in tree.owners}
         return ChangesView(waterfall=waterfall, scope=scope,
                            scope_name=names.get(scope, "Everyone"), owner_names=names)

@@ -21,6 +21,7 @@ from cockpit.models import (
     Owner,
     StageChange,
     complete_history,
+    end_of_day,
     snapshot_of,
 )
 from tests.factories import PIPELINE
@@ -93,12 +94,20 @@ def waterfall(histories: list[DealHistory], start: date = A, end: date = B, owne
     return changes(before, after, Q3, start=start, end=end, stages=STAGES, config=CONFIG, owner_ids=owner_ids)
 
 
-def waterfall_since(histories: list[DealHistory], start: date, end: date, scope: str | None):
-    """The same through a roll-up of the end date and `changes_since`."""
+def waterfall_since(
+    histories: list[DealHistory], start: date, end: date, scope: str | None, *, told: bool = False
+):
+    """The same through a roll-up of the end date and `changes_since`. `told`: say which deals have
+    history rows in the window (as the store does) and give only those deals' start snapshots."""
     before = [s for h in histories if (s := snapshot_of(h, start, STAGES)) is not None]
     after = [s for h in histories if (s := snapshot_of(h, end, STAGES)) is not None]
     r = rollup(after, Q3, as_of=end, pipelines=[PIPELINE], tree=TREE, config=CONFIG, scope=scope)
-    return changes_since(r, before, start=start, stages=STAGES, config=CONFIG)
+    if not told:
+        return changes_since(r, before, start=start, stages=STAGES, config=CONFIG)
+    lo, hi = end_of_day(start), end_of_day(end)
+    moved = {h.deal.id for h in histories if any(lo <= c.changed_at < hi for c in h.changes)}
+    before = [s for s in before if s.deal.id in moved]
+    return changes_since(r, before, start=start, stages=STAGES, config=CONFIG, moved=moved)
 
 
 def summary(w):
@@ -293,8 +302,83 @@ def test_waterfall_balances_to_the_cent(hs, start_offset, length, scope):
     for b in (Bucket.LOST, Bucket.PUSHED_OUT, Bucket.OTHER_OUT, Bucket.WON):
         ids = [m.opportunity_id for m in w.buckets[b].movements]
         assert len(ids) == len(set(ids))
-    # the fast path through a roll-up gives exactly the same waterfall
+    # the fast paths through a roll-up give exactly the same waterfall
     team = "m1" if scope else None
     assert summary(waterfall_since(hs, start, end, team)) == summary(
         waterfall(hs, start, end, TEAM if scope else None)
     )
+    assert summary(waterfall_since(hs, start, end, team, told=True)) == summary(
+        waterfall(hs, start, end, TEAM if scope else None)
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(histories(), st.integers(min_value=0, max_value=60), st.integers(min_value=0, max_value=90), st.booleans())
+def test_changes_since_matches_changes_across_the_quarters_edges(hs, start_offset, length, told):
+    """Windows that start before the quarter, end after it, or both: past-due deals join the
+    pipeline when the quarter starts and leave it when it ends, with the same terms."""
+    start = d(2026, 6, 1) + timedelta(days=start_offset)
+    end = start + timedelta(days=length)
+    assert summary(waterfall_since(hs, start, end, None, told=told)) == summary(waterfall(hs, start, end))
+
+
+def test_past_due_deals_leave_when_the_quarter_ends():
+    hs = [
+        history("past-due", [(d(2026, 6, 1), "proposal", "1000", d(2026, 6, 20), None)]),
+        history("steady", [(d(2026, 7, 1), "proposal", "500", d(2026, 9, 1), None)]),
+    ]
+    start, end = Q3.end - timedelta(days=3), Q3.end + timedelta(days=4)
+    w = waterfall_since(hs, start, end, None, told=True)
+    assert (w.start_total, w.end_total) == (Decimal("1500.00"), Decimal("500.00"))
+    assert [m.opportunity_id for m in w.buckets[Bucket.PUSHED_OUT].movements] == ["past-due"]
+    assert summary(w) == summary(waterfall(hs, start, end))
+
+
+# --------------------------------------------------------------------------- the store's moved deals
+
+
+def test_store_moved_deals_give_the_full_waterfall(tmp_path):
+    """`Store.changed_between` names every deal whose snapshot moved in the window, so the Changes
+    view's reading (the end date's deals, and only the moved ones on the start date) gives the
+    waterfall of both full snapshots: over windows inside, before and across the quarter, in scope."""
+    from connectors.demo import DemoConnector, demo_fx_rates
+    from cockpit.store import Store
+
+    as_of = date(2026, 11, 23)
+    config = ForecastConfig(
+        reporting_currency="CNY",
+        fx_rates=tuple(FxRate(currency=c, valid_from=date(2000, 1, 1), rate=r)
+                       for c, r in demo_fx_rates().items() if c != "CNY"),
+    )
+    with Store.open(tmp_path / "store.sqlite") as store:
+        run = store.begin_sync("demo", None)
+        for batch in DemoConnector(seed=3, size=600, as_of=as_of).generate():
+            store.apply_batch(run, batch)
+        store.finish_sync(run, "ok")
+        pipelines, tree = store.pipelines(), OrgTree(store.owners())
+        stages = stage_index(pipelines)
+        histories = list(store.histories())
+        q4 = CAL.quarter_of(as_of)
+        manager = next(o for o in tree.owners if tree.is_manager(o) and o not in tree.roots)
+        windows = [(as_of - timedelta(days=7), as_of, q4), (date(2026, 9, 20), as_of, q4),
+                   (date(2026, 9, 20), date(2026, 10, 6), q4.previous()), (as_of, as_of, q4)]
+        checked = 0
+        for start, end, quarter in windows:
+            for scope in (None, manager):
+                members = None if scope is None else tree.subtree(scope)
+                moved = store.changed_between(start, end, owner_ids=members)
+                lo, hi = end_of_day(start), end_of_day(end)
+                in_scope = [h for h in histories if members is None or h.deal.owner_id in members]
+                assert moved == {h.deal.id for h in in_scope if any(lo <= c.changed_at < hi for c in h.changes)}, (start, end, scope)
+                after = store.snapshot(end, owner_ids=members, closed_from=start)
+                before = store.snapshot(start, open_only=False, ids=[s.deal.id for s in after if s.deal.id in moved])
+                r = rollup(after, quarter, as_of=end, pipelines=pipelines, tree=tree, config=config, scope=scope)
+                fast = changes_since(r, before, start=start, stages=stages, config=config, moved=moved)
+                full = changes(
+                    [s for h in in_scope if (s := snapshot_of(h, start, stages)) is not None],
+                    [s for h in in_scope if (s := snapshot_of(h, end, stages)) is not None],
+                    quarter, start=start, end=end, stages=stages, config=config,
+                )
+                assert summary(fast) == summary(full) and fast.balances
+                checked += len(fast.buckets[Bucket.NEW].movements) + len(fast.stage_forward)
+        assert checked > 20  # the windows saw real movement

@@ -32,7 +32,9 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from itertools import compress
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, not_
+
+import numpy as np
 
 from cockpit.forecast.config import ForecastConfig
 from cockpit.forecast.deals import ForecastDeal, booking_date, forecast_deals
@@ -182,6 +184,7 @@ def changes_since(
     start: date,
     stages: Mapping[str, Stage],
     config: ForecastConfig,
+    moved: Collection[str] | None = None,
 ) -> Waterfall:
     """The waterfall from `start` to the roll-up's as-of date, for the roll-up's scope and quarter.
 
@@ -189,11 +192,16 @@ def changes_since(
     CRM fields did not move between the two dates and that sat in the quarter's pipeline on both is
     only added to both totals, one that sat outside it on both is left out, and only the others are
     assessed again as they stood on `start`.
+
+    `moved`: when the caller knows which deals may have changed since `start` (the store does: the
+    deals with a history row in between, `Store.changed_between`), every other deal of the roll-up is
+    taken as it is in the roll-up, and `before` need only hold the snapshots of the `moved` deals
+    that existed on `start`. Without it, each deal of `before` is compared with the roll-up's.
     """
     if rollup.as_of < start:
         raise ValueError(f"changes: end {rollup.as_of} is before start {start}")
     with gc_paused():
-        return _changes_since(rollup, before, start, stages, config)
+        return _changes_since(rollup, before, start, stages, config, moved)
 
 
 def _changes_since(
@@ -202,46 +210,81 @@ def _changes_since(
     start: date,
     stages: Mapping[str, Stage],
     config: ForecastConfig,
+    moved: Collection[str] | None,
 ) -> Waterfall:
     quarter = rollup.quarter
     deals = rollup.deals
-    # Whether a deal moved is one C-level comparison of its terms (itemgetter tuples) with the
-    # roll-up's, instead of eight attribute pairs compared in Python. Lookups go by id alone:
-    # hashing the terms would hash every amount, and a Decimal's first hash costs more than the
-    # comparison. The terms are not kept: 100,000 kept tuples cost more in garbage collection
-    # than making them twice.
-    index = dict(zip(map(_deal_id, deals), range(len(deals))))
-    steady = quarter.contains(start) or not quarter.contains(rollup.as_of)  # same past-due rule on both dates
-    q_start, q_end = quarter.start, quarter.end
-    unchanged: list[Decimal] = []
-    keep = bytearray(b"\x01") * len(deals)  # 0: a deal of the roll-up the waterfall can skip
-    moved: list[DealSnapshot] = []
+    n = len(deals)
+    ids = list(map(_deal_id, deals))
+    index = dict(zip(ids, range(n)))
+    if moved is None:
+        same = bytearray(n)  # 1: the deal had the same terms on start
+    else:  # the deals outside `moved` had
+        changed = moved if isinstance(moved, (set, frozenset, dict)) else set(moved)
+        same = bytearray(map(not_, map(changed.__contains__, ids)))
+    again: list[DealSnapshot] = []  # deals to assess as they stood on start
     for snap in before:
+        # Whether a deal moved is one C-level comparison of its terms (itemgetter tuples) with the
+        # roll-up's, instead of eight attribute pairs compared in Python. Lookups go by id alone:
+        # hashing the terms would hash every amount, and a Decimal's first hash costs more than the
+        # comparison.
         fields = snap.deal.__dict__
         i = index.get(fields["id"])
-        if i is None or _terms(fields) != _terms(deals[i].deal.__dict__):
-            moved.append(snap)
+        if i is None:
+            again.append(snap)
+        elif same[i]:
             continue
-        b = deals[i]
-        if b.in_quarter and (steady or q_start <= b.deal.close_date < q_end):  # type: ignore[operator]
-            unchanged.append(b.value)
-            keep[i] = 0
-        elif steady and not b.in_quarter and not b.won:  # outside the quarter on both dates: in no total
-            keep[i] = 0
+        elif _terms(fields) == _terms(deals[i].deal.__dict__):
+            same[i] = 1
         else:
-            moved.append(snap)
-    owner_ids = None if rollup.scope is None else rollup.members
-    fx = config.fx(rollup.as_of)
-    old = forecast_deals(moved, quarter, start, stages, config, owner_ids=owner_ids, fx=fx, every_deal=True)
-    result = waterfall(
-        old, compress(deals, keep), quarter, start=start, end=rollup.as_of, stages=stages, currency=rollup.currency
+            again.append(snap)
+    unchanged = np.frombuffer(same, dtype=np.uint8).astype(bool)
+    end_in = np.fromiter(map(_IN_QUARTER, deals), dtype=bool, count=n)
+    won = np.fromiter(map(_WON, deals), dtype=bool, count=n)
+    if quarter.contains(start) == quarter.contains(rollup.as_of):  # the same past-due rule on both dates
+        start_in = end_in
+    else:  # past-due deals count only while the quarter is current: the same terms, another membership
+        start_in = _in_quarter_on(deals, quarter, start)
+    stays = unchanged & start_in & end_in  # in the pipeline on both dates: added to both totals
+    # Out of it on both dates, or won before start and still won: in no total and no bucket.
+    skip = stays | (unchanged & ((~start_in & ~end_in) | won))
+    flips = np.flatnonzero(unchanged & ~skip).tolist()  # the same terms, in the pipeline on one date only
+    old = forecast_deals(
+        again, quarter, start, stages, config,
+        owner_ids=None if rollup.scope is None else rollup.members, fx=config.fx(rollup.as_of), every_deal=True,
     )
-    both = sum(unchanged, ZERO)
+    for i in flips:
+        deal = deals[i]
+        close = deal.deal.close_date
+        old.append(deal._replace(in_quarter=bool(start_in[i]), past_due=close is not None and close < start,
+                                 p_in_quarter=None))
+    result = waterfall(
+        old, compress(deals, (~skip).tolist()), quarter,
+        start=start, end=rollup.as_of, stages=stages, currency=rollup.currency,
+    )
+    both = sum(map(_VALUE, compress(deals, stays.tolist())), ZERO)
     result.start_total += both
     result.end_total += both
     return result
 
 
+def _in_quarter_on(deals: list[ForecastDeal], quarter: Quarter, day: date) -> np.ndarray:
+    """Whether each open deal, with the terms it has, was in `quarter`'s pipeline on `day`."""
+    current = quarter.contains(day)
+    return np.array(
+        [
+            d.is_open
+            and (close := d.deal.close_date) is not None
+            and (quarter.start <= close < quarter.end or (current and close < quarter.start))
+            for d in deals
+        ],
+        dtype=bool,
+    )
+
+
+_VALUE = itemgetter(1)
+_WON = itemgetter(3)
+_IN_QUARTER = itemgetter(4)
 _deal_id = attrgetter("deal.id")
 _terms = itemgetter(
     "stage_id", "amount", "close_date", "forecast_category", "currency", "owner_id", "probability", "is_closed"

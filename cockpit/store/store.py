@@ -522,6 +522,30 @@ class Store:
                 )
         return out
 
+    def changed_between(self, start: date, end: date, *, owner_ids: Iterable[str] | None = None) -> set[str]:
+        """Ids of the deals whose snapshot may differ between `start` and `end`: those with a history
+        row after `start` ended and before `end` ended (a deal created in between has all its rows
+        there). Every other deal stood on `start` as it stands on `end`, since a snapshot's changing
+        fields all come from its last history row (see `snapshot`)."""
+        params: dict[str, Any] = {"start": to_us(end_of_day(start)), "end": to_us(end_of_day(end))}
+        where = ""
+        if owner_ids is not None:
+            names = []
+            for n, owner in enumerate(owner_ids):
+                params[f"o{n}"] = owner
+                names.append(f":o{n}")
+            where = f"AND o.owner_id IN ({', '.join(names)})" if names else "AND 0"
+        # One seek per deal in the (opportunity_id, changed_at) index: no index on the time alone.
+        rows = self.conn.execute(
+            f"""
+            SELECT o.id FROM opportunity o
+            WHERE EXISTS (SELECT 1 FROM stage_change h WHERE h.opportunity_id = o.id
+                          AND h.changed_at >= :start AND h.changed_at < :end) {where}
+            """,
+            params,
+        )
+        return {row[0] for row in rows}
+
     def closed_deal_facts(self) -> list[tuple[str, bool, datetime | None, int]]:
         """(id, won, closed_at, history rows) of every closed deal: what the win model's fingerprint hashes."""
         return [
