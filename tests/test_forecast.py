@@ -242,6 +242,16 @@ def test_rollup_quota_attainment_coverage():
     assert none.quota is None and none.attainment is None and none.coverage is None
 
 
+def test_quota_lookup_follows_the_configs_own_quotas():
+    """Quotas are looked up in an index; a copy with other quotas does not answer from the old one."""
+    assert CONFIG.quota("m1", Q3.label) == Decimal("500000")
+    assert CONFIG.quota("m1", "FY2030-Q1") is None and CONFIG.quota("nobody", Q3.label) is None
+    other = CONFIG.model_copy(update={"quotas": (Quota(owner_id="r1", quarter=Q3.label, amount=Decimal(7)),)})
+    assert other.quota("m1", Q3.label) is None and other.quota("r1", Q3.label) == Decimal(7)
+    assert CONFIG.quota("m1", Q3.label) == Decimal("500000")
+    assert other.model_dump()["quotas"] == ({"owner_id": "r1", "quarter": Q3.label, "amount": Decimal(7)},)
+
+
 def test_rollup_unknown_scope_is_a_clear_error():
     with pytest.raises(KeyError, match="scope 'nobody' is not a known owner"):
         rollup(
