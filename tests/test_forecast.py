@@ -513,6 +513,8 @@ def test_run_rate_learns_from_deals_created_after_the_same_point():
         outcome("f", date(2026, 5, 1), date(2026, 5, 5), "500", owner="r3"),
         # lost
         outcome("g", date(2026, 5, 1), None, "800"),
+        # the CRM's first record: it was in use at both same points
+        outcome("h", date(2025, 11, 3), None, "100"),
     ]
     cfg = CONFIG.model_copy(update={"run_rate_quarters": 2})
     rr = learn_run_rate(outcomes, Q3, date(2026, 7, 10), cfg, owner_ids={"r1", "r2"})
@@ -534,6 +536,7 @@ def test_run_rate_is_zero_at_quarter_end_and_without_history():
 
 def test_run_rate_ignores_wins_recorded_after_as_of():
     late = outcome("a", date(2026, 4, 20), date(2026, 5, 1), "1000", recorded=date(2026, 7, 11))
+    first = outcome("z", date(2026, 1, 5), None, "100")  # the CRM was in use before 2026-04-10
     cfg = CONFIG.model_copy(update={"run_rate_quarters": 1})
-    assert learn_run_rate([late], Q3, date(2026, 7, 10), cfg).expected == 0
-    assert learn_run_rate([late], Q3, date(2026, 7, 12), cfg).expected == Decimal("1000.00")
+    assert learn_run_rate([first, late], Q3, date(2026, 7, 10), cfg).expected == 0
+    assert learn_run_rate([first, late], Q3, date(2026, 7, 12), cfg).expected == Decimal("1000.00")

@@ -7,6 +7,12 @@ what was won in that quarter from deals created after that point. The expectatio
 those sums, the variance the larger of their spread across quarters and their compound-Poisson
 variance (Σ value²), so one quiet quarter does not make the range falsely narrow.
 
+A past quarter counts only if the CRM was in use at its same point: the deals a CRM imports when it
+goes live (the pipeline the organisation already had) are all "created" on that first day, so seen
+from any earlier point they would look like new deals, and the run-rate of a quarter straddling the
+go-live would hold that whole imported pipeline's bookings (several times a normal quarter's). The
+CRM's first record is the earliest creation among the deals known on the as-of date.
+
 Only what was known on the as-of date is used: quarters that ended on or before it, and wins
 recorded by then.
 """
@@ -104,15 +110,19 @@ def learn_run_rate(
     owner_ids: Collection[str] | None = None,
     fx: Fx | None = None,
 ) -> RunRate:
-    """The run-rate for `quarter` seen on `as_of`, from the last `config.run_rate_quarters` quarters."""
+    """The run-rate for `quarter` seen on `as_of`, from the last `config.run_rate_quarters` quarters
+    (fewer when the CRM's records begin later than the same point of the older ones)."""
     if as_of >= quarter.last_day:
         return RunRate.zero()
     fx = fx or config.fx(as_of)
     scope = set(owner_ids) if owner_ids is not None else None
     known = end_of_day(as_of)
+    first = min((o.created_at for o in outcomes if o.created_at < known), default=None)
     past_quarters = []
     past = quarter.previous()
     while len(past_quarters) < config.run_rate_quarters and past.last_day <= as_of:
+        if first is None or end_of_day(same_point(quarter, as_of, past)) <= first:
+            break  # the CRM was not in use yet at that point (nor at any earlier one)
         past_quarters.append(past)
         past = past.previous()
     if not past_quarters:
