@@ -642,9 +642,10 @@ class CockpitService:
             then = store.snapshot(then_day, owner_ids=members)
             probabilities = store.probabilities([s.deal.id for s in snaps if not s.deal.is_closed]) or None
             outcomes = self.outcomes(store)
+            first_record = store.first_record()
             history = list_submissions(store.conn, quarter.label, scope)
             team = latest_submissions(store.conn, quarter.label, tree.subtree(scope)) if scope in tree.owners else {}
-        run_rate = learn_run_rate(outcomes, quarter, as_of, config, owner_ids=members)
+        run_rate = learn_run_rate(outcomes, quarter, as_of, config, owner_ids=members, first_record=first_record)
         roll = rollup(
             snaps, quarter, as_of=as_of, pipelines=pipelines, tree=tree, config=config,
             scope=None if scope == _all_scope() else scope, probabilities=probabilities, run_rate=run_rate,

@@ -58,3 +58,30 @@ def test_the_first_record_is_what_was_known_on_the_as_of_date():
     later = [outcome("x", date(2026, 7, 20), date(2026, 8, 1), "500")]
     assert learn_run_rate(later, Q3, date(2026, 7, 10), CONFIG).quarters == ()
     assert learn_run_rate(later + crm(), Q3, date(2026, 7, 10), CONFIG).quarters == ("FY2026-Q2",)
+
+
+def test_the_store_names_the_first_record_when_outcomes_hold_only_won_deals():
+    # The app learns from won deals only; the CRM's first record (a lost deal created on go-live)
+    # comes from the store. Without it the first won deal (2026-03-25) would stand for go-live.
+    won_only = [o for o in crm() if o.won_at is not None and o.opportunity_id.startswith("new")]
+    assert learn_run_rate(won_only, Q3, date(2026, 7, 10), CONFIG).quarters == ("FY2026-Q2",)
+    seen_from = date(2026, 9, 20)  # Q1's same point 2026-03-23 predates the first won deal
+    assert learn_run_rate(won_only, Q3, seen_from, CONFIG).quarters == ("FY2026-Q2",)
+    go_live = datetime.combine(GO_LIVE, datetime.min.time(), UTC)
+    rr = learn_run_rate(won_only, Q3, seen_from, CONFIG, first_record=go_live)
+    assert rr.quarters == ("FY2026-Q2", "FY2026-Q1")
+    later = datetime.combine(seen_from + timedelta(days=1), datetime.min.time(), UTC)  # not known yet
+    assert learn_run_rate(won_only, Q3, seen_from, CONFIG, first_record=later).quarters == ("FY2026-Q2",)
+
+
+def test_store_first_record_is_the_earliest_first_history_row(tmp_path):
+    from cockpit.store import Store
+    from tests.factories import small_batch
+
+    with Store.open(tmp_path / "s.sqlite") as store:
+        assert store.first_record() is None
+        run = store.begin_sync("test", None)
+        batch = small_batch()
+        store.apply_batch(run, batch)
+        store.finish_sync(run, "ok")
+        assert store.first_record() == min(c.changed_at for c in batch.changes)

@@ -109,15 +109,22 @@ def learn_run_rate(
     *,
     owner_ids: Collection[str] | None = None,
     fx: Fx | None = None,
+    first_record: datetime | None = None,
 ) -> RunRate:
     """The run-rate for `quarter` seen on `as_of`, from the last `config.run_rate_quarters` quarters
-    (fewer when the CRM's records begin later than the same point of the older ones)."""
+    (fewer when the CRM's records begin later than the same point of the older ones).
+
+    `first_record`: when the CRM's first deal was created (`Store.first_record`), for callers whose
+    `outcomes` hold only won deals; by default the earliest creation among `outcomes`.
+    """
     if as_of >= quarter.last_day:
         return RunRate.zero()
     fx = fx or config.fx(as_of)
     scope = set(owner_ids) if owner_ids is not None else None
     known = end_of_day(as_of)
     first = min((o.created_at for o in outcomes if o.created_at < known), default=None)
+    if first_record is not None and first_record < known:
+        first = first_record if first is None else min(first, first_record)
     past_quarters = []
     past = quarter.previous()
     while len(past_quarters) < config.run_rate_quarters and past.last_day <= as_of:

@@ -522,6 +522,11 @@ class Store:
                 )
         return out
 
+    def first_record(self) -> datetime | None:
+        """When the CRM's first deal was created: the earliest first history row (None: no deals)."""
+        (first,) = self.conn.execute("SELECT min(first_at) FROM opportunity").fetchone()
+        return from_us(first) if first is not None else None
+
     def changed_between(self, start: date, end: date, *, owner_ids: Iterable[str] | None = None) -> set[str]:
         """Ids of the deals whose snapshot may differ between `start` and `end`: those with a history
         row after `start` ended and before `end` ended (a deal created in between has all its rows
