@@ -202,6 +202,8 @@ def cmd_changes(args: argparse.Namespace, settings: Settings) -> int:
     service = _service(args, settings)
     _require_store(service)
     since = _parse_date(args.since, "--since") if args.since else None
+    if since is not None and since > service.today():
+        raise UsageProblem(f"--since {since} is after today ({service.today()}); give a day on or before it")
     view = service.changes_view(_quarter(service, args.quarter), _scope(service, args.scope), since)
     fall = view.waterfall
     names = view.owner_names

@@ -176,6 +176,8 @@ def test_changes_waterfall_balances(demo_dir, capsys):
     assert total == Decimal(data["end_total"])
     for bucket in data["buckets"]:
         assert sum((Decimal(d["amount"]) for d in bucket["deals"]), Decimal(0)) == Decimal(bucket["amount"])
+    code, out, err = cli(capsys, demo_dir, "changes", "--since", "2026-12-25")
+    assert code == 2 and "--since 2026-12-25 is after today" in err and "Traceback" not in out + err
 
 
 def test_hygiene_csv_is_written_atomically_and_never_overwritten(demo_dir, tmp_path, capsys):
