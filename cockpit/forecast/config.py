@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from functools import cached_property
 from datetime import date
 from decimal import ROUND_HALF_EVEN, Context, Decimal
+from functools import cached_property
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
