@@ -37,7 +37,7 @@ from operator import attrgetter, itemgetter, not_
 import numpy as np
 
 from cockpit.forecast.config import ForecastConfig
-from cockpit.forecast.deals import ForecastDeal, booking_date, forecast_deals
+from cockpit.forecast.deals import ForecastDeal, booking_date, forecast_deals, in_pipeline
 from cockpit.forecast.rollup import Rollup
 from cockpit.models import DealSnapshot, ForecastCategory, Opportunity, Quarter, Stage
 from cockpit.models.trusted import gc_paused
@@ -271,15 +271,7 @@ def _changes_since(
 def _in_quarter_on(deals: list[ForecastDeal], quarter: Quarter, day: date) -> np.ndarray:
     """Whether each open deal, with the terms it has, was in `quarter`'s pipeline on `day`."""
     current = quarter.contains(day)
-    return np.array(
-        [
-            d.is_open
-            and (close := d.deal.close_date) is not None
-            and (quarter.start <= close < quarter.end or (current and close < quarter.start))
-            for d in deals
-        ],
-        dtype=bool,
-    )
+    return np.array([d.is_open and in_pipeline(d.deal.close_date, quarter, current) for d in deals], dtype=bool)
 
 
 _VALUE = itemgetter(1)

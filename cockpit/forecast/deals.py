@@ -104,6 +104,12 @@ def booking_date(deal: Opportunity) -> date | None:
     return deal.closed_at.date() if deal.closed_at is not None else None
 
 
+def in_pipeline(close: date | None, quarter: Quarter, current: bool) -> bool:
+    """Whether an open deal with this close date is in `quarter`'s pipeline: dated in the quarter,
+    or past due while the quarter is `current` (contains the as-of date)."""
+    return close is not None and (quarter.start <= close < quarter.end or (current and close < quarter.start))
+
+
 def stage_index(pipelines: Iterable[Pipeline]) -> dict[str, Stage]:
     """Stage id → stage over all pipelines."""
     return {stage.id: stage for pipeline in pipelines for stage in pipeline.stages}
@@ -140,7 +146,7 @@ def forecast_deals(
     out: list[ForecastDeal] = []
     append = out.append
     with gc_paused():  # a few hundred thousand tuples: no cycles, nothing for the collector to find
-        # The body is inlined (ForecastConfig.category, Fx.__call__): it runs once per deal.
+        # The body is inlined (ForecastConfig.category, in_pipeline, Fx.__call__): it runs once per deal.
         for snap in snapshots:
             deal = snap.deal
             if scope is not None and deal.owner_id not in scope:
