@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import ROOT, report
 
 sys.path.insert(0, str(ROOT))
+from tests.factories import demo_forecast_config
 from tests.shared_data import MAVEN  # the one lookup of the shared data (env var, beside the checkout)
 
 from cockpit.forecast.backtest import BacktestReport, backtest, past_quarters
@@ -202,24 +203,14 @@ def _summary(w):
 
 
 def demo_histories(seed: int = 7, size: int = 5000, as_of: date = AS_OF):
-    from connectors.demo import DEMO_REPORTING_CURRENCY, DemoConnector, demo_fx_rates
+    from connectors.demo import DemoConnector
 
     pipelines, owners, histories = [], [], []
     for batch in DemoConnector(seed=seed, size=size, as_of=as_of).generate():
         pipelines += batch.pipelines
         owners += batch.owners
         histories += histories_of(batch.opportunities, batch.changes, batch.activities, complete=True)
-    rates = tuple(
-        FxRate(currency=c, valid_from=date(2000, 1, 1), rate=r)
-        for c, r in demo_fx_rates().items()
-        if c != DEMO_REPORTING_CURRENCY
-    )
-    return (
-        pipelines,
-        owners,
-        histories,
-        ForecastConfig(reporting_currency=DEMO_REPORTING_CURRENCY, fx_rates=rates),
-    )
+    return pipelines, owners, histories, demo_forecast_config()
 
 
 def summarise(rep: BacktestReport, label: str) -> None:

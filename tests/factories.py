@@ -129,3 +129,17 @@ def random_history(
         close = day + timedelta(days=close_offset)
         steps.append((day, stage, Decimal(amount_k * 1000), max(start, close) if reopen else close))
     return deal_with_history(deal_id, steps)
+
+
+def demo_forecast_config():
+    """The forecast config the app gives the demo CRM: its reporting currency and fixed rates."""
+    from connectors.demo import DEMO_REPORTING_CURRENCY, demo_fx_rates
+
+    from cockpit.forecast.config import ForecastConfig, FxRate
+
+    rates = tuple(
+        FxRate(currency=c, valid_from=date(2000, 1, 1), rate=r)
+        for c, r in demo_fx_rates().items()
+        if c != DEMO_REPORTING_CURRENCY
+    )
+    return ForecastConfig(reporting_currency=DEMO_REPORTING_CURRENCY, fx_rates=rates)

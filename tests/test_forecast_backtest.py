@@ -10,7 +10,7 @@ import pytest
 
 from cockpit.forecast.backtest import backtest, past_quarters
 from cockpit.forecast.baseline import CrmProbabilities, InQuarterRates, StageRates
-from cockpit.forecast.config import ForecastConfig, FxRate
+from cockpit.forecast.config import ForecastConfig
 from cockpit.forecast.deals import stage_index
 from cockpit.models import (
     DealHistory,
@@ -25,7 +25,7 @@ from cockpit.models import (
     snapshot_of,
 )
 from cockpit.models.submission import CategoryAmounts, Submission
-from tests.factories import PIPELINE
+from tests.factories import PIPELINE, demo_forecast_config
 from tests.shared_data import MAVEN
 
 UTC = UTC
@@ -189,24 +189,14 @@ def test_stage_rates_learn_only_from_deals_closed_before_as_of():
 
 
 def demo(size: int, as_of: date, seed: int = 7):
-    from connectors.demo import DEMO_REPORTING_CURRENCY, DemoConnector, demo_fx_rates
+    from connectors.demo import DemoConnector
 
     pipelines, owners, histories = [], [], []
     for batch in DemoConnector(seed=seed, size=size, as_of=as_of).generate():
         pipelines += batch.pipelines
         owners += batch.owners
         histories += histories_of(batch.opportunities, batch.changes, batch.activities, complete=True)
-    rates = tuple(
-        FxRate(currency=c, valid_from=d(2000, 1, 1), rate=r)
-        for c, r in demo_fx_rates().items()
-        if c != DEMO_REPORTING_CURRENCY
-    )
-    return (
-        pipelines,
-        owners,
-        histories,
-        ForecastConfig(reporting_currency=DEMO_REPORTING_CURRENCY, fx_rates=rates),
-    )
+    return pipelines, owners, histories, demo_forecast_config()
 
 
 def truncated(h: DealHistory, as_of: date) -> DealHistory | None:

@@ -24,7 +24,7 @@ from cockpit.models import (
     end_of_day,
     snapshot_of,
 )
-from tests.factories import PIPELINE
+from tests.factories import PIPELINE, demo_forecast_config
 
 UTC = UTC
 CAL = FiscalCalendar()
@@ -341,15 +341,11 @@ def test_store_moved_deals_give_the_full_waterfall(tmp_path):
     """`Store.changed_between` names every deal whose snapshot moved in the window, so the Changes
     view's reading (the end date's deals, and only the moved ones on the start date) gives the
     waterfall of both full snapshots: over windows inside, before and across the quarter, in scope."""
-    from connectors.demo import DemoConnector, demo_fx_rates
+    from connectors.demo import DemoConnector
     from cockpit.store import Store
 
     as_of = date(2026, 11, 23)
-    config = ForecastConfig(
-        reporting_currency="CNY",
-        fx_rates=tuple(FxRate(currency=c, valid_from=date(2000, 1, 1), rate=r)
-                       for c, r in demo_fx_rates().items() if c != "CNY"),
-    )
+    config = demo_forecast_config()
     with Store.open(tmp_path / "store.sqlite") as store:
         run = store.begin_sync("demo", None)
         for batch in DemoConnector(seed=3, size=600, as_of=as_of).generate():
