@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import ROOT, report
 
 sys.path.insert(0, str(ROOT))
-from tests.factories import demo_forecast_config
+from tests.factories import demo_forecast_config, waterfall_summary
 from tests.shared_data import MAVEN  # the one lookup of the shared data (env var, beside the checkout)
 
 from cockpit.forecast.backtest import BacktestReport, backtest, past_quarters
@@ -174,7 +174,7 @@ def bench_large(n: int, repeat: int = 5) -> None:
     compared = changes_since(runs[-1][4], before, start=start, stages=stages, config=config)
     t2 = time.process_time()
     fast = changes_since(runs[-1][4], before_moved, start=start, stages=stages, config=config, moved=moved)
-    assert full.balances and _summary(fast) == _summary(full) == _summary(compared)
+    assert full.balances and waterfall_summary(fast) == waterfall_summary(full) == waterfall_summary(compared)
     print(
         f"\n{n:,} open deals ({len(after):,} at the end date), best of {repeat} "
         "(CPU seconds; the machine is shared):"
@@ -186,17 +186,6 @@ def bench_large(n: int, repeat: int = 5) -> None:
     report("changes_since comparing every deal's start snapshot (no moved set)", t2 - t1, "s")
     report("changes() from two sets of snapshots", t1 - t0, "s")
     report("calibration: bare 10M-step Python loop", calibration(), "s", "(~0.35 s on a current laptop)")
-
-
-def _summary(w):
-    """A waterfall's totals and every movement, to compare two ways of computing it."""
-    return (
-        w.start_total,
-        w.end_total,
-        [(b, t.amount, [(m.opportunity_id, m.amount) for m in t.movements]) for b, t in w.buckets.items()],
-        [(m.opportunity_id, m.before, m.after) for m in w.category_moves],
-        [m.opportunity_id for m in w.stage_forward + w.stage_backward],
-    )
 
 
 # --------------------------------------------------------------------------- quality bars

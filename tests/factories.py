@@ -143,3 +143,15 @@ def demo_forecast_config():
         if c != DEMO_REPORTING_CURRENCY
     )
     return ForecastConfig(reporting_currency=DEMO_REPORTING_CURRENCY, fx_rates=rates)
+
+
+def waterfall_summary(w):
+    """A waterfall's totals and every movement, to compare two ways of computing it."""
+    return (
+        w.start_total,
+        w.end_total,
+        {b: (t.amount, [(m.opportunity_id, m.amount) for m in t.movements]) for b, t in w.buckets.items()},
+        [(m.opportunity_id, m.before, m.after) for m in w.category_moves],
+        [m.opportunity_id for m in w.stage_forward],
+        [m.opportunity_id for m in w.stage_backward],
+    )

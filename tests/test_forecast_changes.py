@@ -25,6 +25,7 @@ from cockpit.models import (
     snapshot_of,
 )
 from tests.factories import PIPELINE, demo_forecast_config
+from tests.factories import waterfall_summary as summary
 
 UTC = UTC
 CAL = FiscalCalendar()
@@ -108,17 +109,6 @@ def waterfall_since(
     moved = {h.deal.id for h in histories if any(lo <= c.changed_at < hi for c in h.changes)}
     before = [s for s in before if s.deal.id in moved]
     return changes_since(r, before, start=start, stages=STAGES, config=CONFIG, moved=moved)
-
-
-def summary(w):
-    return (
-        w.start_total,
-        w.end_total,
-        {b: (t.amount, [(m.opportunity_id, m.amount) for m in t.movements]) for b, t in w.buckets.items()},
-        [(m.opportunity_id, m.before, m.after) for m in w.category_moves],
-        [m.opportunity_id for m in w.stage_forward],
-        [m.opportunity_id for m in w.stage_backward],
-    )
 
 
 d = date
