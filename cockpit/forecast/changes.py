@@ -32,9 +32,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from itertools import compress
-from operator import attrgetter, itemgetter, not_
-
-import numpy as np
+from operator import attrgetter, itemgetter
 
 from cockpit.forecast.config import ForecastConfig
 from cockpit.forecast.deals import ForecastDeal, booking_date, forecast_deals, in_pipeline
@@ -212,16 +210,13 @@ def _changes_since(
     config: ForecastConfig,
     moved: Collection[str] | None,
 ) -> Waterfall:
-    quarter = rollup.quarter
-    deals = rollup.deals
-    n = len(deals)
-    ids = list(map(_deal_id, deals))
-    index = dict(zip(ids, range(n)))
+    quarter, deals = rollup.quarter, rollup.deals
     if moved is None:
-        same = bytearray(n)  # 1: the deal had the same terms on start
-    else:  # the deals outside `moved` had
+        candidates: Iterable[ForecastDeal] = deals
+    else:  # only these can differ from start; every other deal stood then as it stands now
         changed = moved if isinstance(moved, (set, frozenset, dict)) else set(moved)
-        same = bytearray(map(not_, map(changed.__contains__, ids)))
+        candidates = compress(deals, map(changed.__contains__, map(_deal_id, deals)))
+    differ = {d.deal.id: d for d in candidates}  # end assessments that may differ from the start's
     again: list[DealSnapshot] = []  # deals to assess as they stood on start
     for snap in before:
         # Whether a deal moved is one C-level comparison of its terms (itemgetter tuples) with the
@@ -229,54 +224,41 @@ def _changes_since(
         # hashing the terms would hash every amount, and a Decimal's first hash costs more than the
         # comparison.
         fields = snap.deal.__dict__
-        i = index.get(fields["id"])
-        if i is None:
-            again.append(snap)
-        elif same[i]:
-            continue
-        elif _terms(fields) == _terms(deals[i].deal.__dict__):
-            same[i] = 1
+        key = fields["id"]
+        now = differ.get(key)
+        if now is None:  # not in the roll-up (deleted since, or out of scope), or known not to have moved
+            if moved is None or key in changed:
+                again.append(snap)
+        elif _terms(fields) == _terms(now.deal.__dict__):
+            del differ[key]  # the same terms: the same value, category and membership on both dates
         else:
             again.append(snap)
-    unchanged = np.frombuffer(same, dtype=np.uint8).astype(bool)
-    end_in = np.fromiter(map(_IN_QUARTER, deals), dtype=bool, count=n)
-    won = np.fromiter(map(_WON, deals), dtype=bool, count=n)
-    if quarter.contains(start) == quarter.contains(rollup.as_of):  # the same past-due rule on both dates
-        start_in = end_in
-    else:  # past-due deals count only while the quarter is current: the same terms, another membership
-        start_in = _in_quarter_on(deals, quarter, start)
-    stays = unchanged & start_in & end_in  # in the pipeline on both dates: added to both totals
-    # Out of it on both dates, or won before start and still won: in no total and no bucket.
-    skip = stays | (unchanged & ((~start_in & ~end_in) | won))
-    flips = np.flatnonzero(unchanged & ~skip).tolist()  # the same terms, in the pipeline on one date only
     old = forecast_deals(
         again, quarter, start, stages, config,
         owner_ids=None if rollup.scope is None else rollup.members, fx=config.fx(rollup.as_of), every_deal=True,
     )
-    for i in flips:
-        deal = deals[i]
-        close = deal.deal.close_date
-        old.append(deal._replace(in_quarter=bool(start_in[i]), past_due=close is not None and close < start,
-                                 p_in_quarter=None))
-    result = waterfall(
-        old, compress(deals, (~skip).tolist()), quarter,
-        start=start, end=rollup.as_of, stages=stages, currency=rollup.currency,
-    )
-    both = sum(map(_VALUE, compress(deals, stays.tolist())), ZERO)
+    new = list(differ.values())
+    if quarter.contains(start) != quarter.contains(rollup.as_of):
+        # Past-due deals count only while the quarter is current: with the same terms, a deal past
+        # due on one date is in the pipeline on that date only.
+        current = quarter.contains(start)
+        for deal in deals:
+            if deal.deal.id in differ or deal.deal.is_closed:
+                continue
+            close = deal.deal.close_date
+            then = in_pipeline(close, quarter, current)
+            if then != deal.in_quarter:
+                old.append(deal._replace(in_quarter=then, past_due=close is not None and close < start,
+                                         p_in_quarter=None))
+                new.append(deal)
+    result = waterfall(old, new, quarter, start=start, end=rollup.as_of, stages=stages, currency=rollup.currency)
+    # Every other deal was in the pipeline on both dates with the same value, or on neither.
+    both = rollup.totals.open_total - result.end_total
     result.start_total += both
     result.end_total += both
     return result
 
 
-def _in_quarter_on(deals: list[ForecastDeal], quarter: Quarter, day: date) -> np.ndarray:
-    """Whether each open deal, with the terms it has, was in `quarter`'s pipeline on `day`."""
-    current = quarter.contains(day)
-    return np.array([d.is_open and in_pipeline(d.deal.close_date, quarter, current) for d in deals], dtype=bool)
-
-
-_VALUE = itemgetter(1)
-_WON = itemgetter(3)
-_IN_QUARTER = itemgetter(4)
 _deal_id = attrgetter("deal.id")
 _terms = itemgetter(
     "stage_id", "amount", "close_date", "forecast_category", "currency", "owner_id", "probability", "is_closed"

@@ -68,6 +68,11 @@ class CategoryTotals:
         return self.commit + self.best_case + self.pipeline
 
     @property
+    def open_total(self) -> Decimal:
+        """Every open deal in the quarter's pipeline, omitted ones included (what "what changed" tracks)."""
+        return self.commit + self.best_case + self.pipeline + self.omitted
+
+    @property
     def stage_weighted_forecast(self) -> Decimal:
         """Closed won + stage-weighted open pipeline (the CRM's naive forecast)."""
         return self.closed + self.weighted
