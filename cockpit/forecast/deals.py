@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from datetime import date
 from decimal import Decimal
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from cockpit.forecast.config import CENT, MONEY, ForecastConfig, Fx
 from cockpit.models import DealSnapshot, ForecastCategory, Opportunity, Pipeline, Quarter, Stage
@@ -138,7 +138,13 @@ def forecast_deals(
     fx = fx or config.fx(as_of)
     q_start, q_end = quarter.start, quarter.end
     current = quarter.contains(as_of)  # past-due deals count in the current quarter only
+    # Per stage: an open deal's default category (the override, else the stage's; "closed" counts
+    # as commit) and the stage's probability, so a deal's defaults cost one lookup.
     overrides = config.category_overrides
+    defaults = {
+        sid: (COMMIT if (c := overrides.get(sid, stage.category)) is CLOSED else c, stage.probability)
+        for sid, stage in stages.items()
+    }
     rates: dict[str, Decimal | None] = {c: (None if r == 1 else r) for c, r in fx.rates.items()}
     probs = probabilities if probabilities is not None else {}
     quantize, multiply = MONEY.quantize, MONEY.multiply
@@ -151,7 +157,7 @@ def forecast_deals(
             deal = snap.deal
             if scope is not None and deal.owner_id not in scope:
                 continue
-            stage = stages.get(deal.stage_id) or _stage(stages, deal)
+            default, stage_p = defaults.get(deal.stage_id) or _unknown_stage(deal)
             close = deal.close_date
             if deal.is_closed:
                 booked = booking_date(deal) if deal.is_won else None
@@ -169,12 +175,13 @@ def forecast_deals(
                     past_due = close < as_of
                     member = q_start <= close < q_end or (current and close < q_start)
                 p = probs.get(deal.id)
-                category = deal.forecast_category or (
-                    overrides.get(stage.id, stage.category) if overrides else stage.category
-                )
-                if category is CLOSED:
+                category = deal.forecast_category
+                if category is None:
+                    category = default
+                elif category is CLOSED:
                     category = COMMIT
-            stage_p = deal.probability if deal.probability is not None else stage.probability
+            if deal.probability is not None:
+                stage_p = deal.probability
             rate = rates.get(deal.currency, NO_RATE)
             if rate is None:  # the reporting currency
                 value = quantize(deal.amount, CENT)
@@ -186,11 +193,8 @@ def forecast_deals(
     return out
 
 
-def _stage(stages: Mapping[str, Stage], deal: Opportunity) -> Stage:
-    try:
-        return stages[deal.stage_id]
-    except KeyError:
-        raise KeyError(
-            f"deal {deal.id!r} is in stage {deal.stage_id!r}, which no pipeline defines "
-            f"(pipeline {deal.pipeline_id!r}); sync the pipelines again"
-        ) from None
+def _unknown_stage(deal: Opportunity) -> NoReturn:
+    raise KeyError(
+        f"deal {deal.id!r} is in stage {deal.stage_id!r}, which no pipeline defines "
+        f"(pipeline {deal.pipeline_id!r}); sync the pipelines again"
+    )
