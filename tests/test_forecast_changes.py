@@ -96,10 +96,17 @@ def waterfall(histories: list[DealHistory], start: date = A, end: date = B, owne
 
 
 def waterfall_since(
-    histories: list[DealHistory], start: date, end: date, scope: str | None, *, told: bool = False
+    histories: list[DealHistory],
+    start: date,
+    end: date,
+    scope: str | None,
+    *,
+    told: bool = False,
+    every_start: bool = False,
 ):
     """The same through a roll-up of the end date and `changes_since`. `told`: say which deals have
-    history rows in the window (as the store does) and give only those deals' start snapshots."""
+    history rows in the window (as the store does) and give only those deals' start snapshots
+    (`every_start`: give them all; the others must be taken from the roll-up all the same)."""
     before = [s for h in histories if (s := snapshot_of(h, start, STAGES)) is not None]
     after = [s for h in histories if (s := snapshot_of(h, end, STAGES)) is not None]
     r = rollup(after, Q3, as_of=end, pipelines=[PIPELINE], tree=TREE, config=CONFIG, scope=scope)
@@ -107,7 +114,8 @@ def waterfall_since(
         return changes_since(r, before, start=start, stages=STAGES, config=CONFIG)
     lo, hi = end_of_day(start), end_of_day(end)
     moved = {h.deal.id for h in histories if any(lo <= c.changed_at < hi for c in h.changes)}
-    before = [s for s in before if s.deal.id in moved]
+    if not every_start:
+        before = [s for s in before if s.deal.id in moved]
     return changes_since(r, before, start=start, stages=STAGES, config=CONFIG, moved=moved)
 
 
@@ -298,6 +306,9 @@ def test_waterfall_balances_to_the_cent(hs, start_offset, length, scope):
         waterfall(hs, start, end, TEAM if scope else None)
     )
     assert summary(waterfall_since(hs, start, end, team, told=True)) == summary(
+        waterfall(hs, start, end, TEAM if scope else None)
+    )
+    assert summary(waterfall_since(hs, start, end, team, told=True, every_start=True)) == summary(
         waterfall(hs, start, end, TEAM if scope else None)
     )
 
