@@ -215,14 +215,11 @@ class CockpitService:
 
         raw = dict(self.settings.forecast)
         if self.settings.connector == "demo":
-            from connectors._demo_fx import DEMO_REPORTING_CURRENCY, demo_fx_rates
+            from connectors._demo_fx import DEMO_REPORTING_CURRENCY, demo_fx_table
 
             if not raw.get("fx_rates") and raw.get("reporting_currency", DEMO_REPORTING_CURRENCY) == DEMO_REPORTING_CURRENCY:
                 raw["reporting_currency"] = DEMO_REPORTING_CURRENCY
-                raw["fx_rates"] = [
-                    {"currency": cur, "valid_from": "2000-01-01", "rate": str(rate)}
-                    for cur, rate in sorted(demo_fx_rates().items()) if cur != DEMO_REPORTING_CURRENCY
-                ]
+                raw["fx_rates"] = demo_fx_table()
                 if with_quotas and not raw.get("quotas"):
                     raw["quotas"] = self._demo_quotas()
         try:

@@ -133,16 +133,11 @@ def random_history(
 
 def demo_forecast_config():
     """The forecast config the app gives the demo CRM: its reporting currency and fixed rates."""
-    from connectors.demo import DEMO_REPORTING_CURRENCY, demo_fx_rates
+    from connectors._demo_fx import DEMO_REPORTING_CURRENCY, demo_fx_table
 
-    from cockpit.forecast.config import ForecastConfig, FxRate
+    from cockpit.forecast.config import ForecastConfig
 
-    rates = tuple(
-        FxRate(currency=c, valid_from=date(2000, 1, 1), rate=r)
-        for c, r in demo_fx_rates().items()
-        if c != DEMO_REPORTING_CURRENCY
-    )
-    return ForecastConfig(reporting_currency=DEMO_REPORTING_CURRENCY, fx_rates=rates)
+    return ForecastConfig.model_validate({"reporting_currency": DEMO_REPORTING_CURRENCY, "fx_rates": demo_fx_table()})
 
 
 def waterfall_summary(w):
