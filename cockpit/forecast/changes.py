@@ -238,10 +238,10 @@ def _changes_since(
         owner_ids=None if rollup.scope is None else rollup.members, fx=config.fx(rollup.as_of), every_deal=True,
     )
     new = list(differ.values())
-    if quarter.contains(start) != quarter.contains(rollup.as_of):
+    current = quarter.contains(start)
+    if current != quarter.contains(rollup.as_of):
         # Past-due deals count only while the quarter is current: with the same terms, a deal past
         # due on one date is in the pipeline on that date only.
-        current = quarter.contains(start)
         for deal in deals:
             if deal.deal.id in differ or deal.deal.is_closed:
                 continue

@@ -70,7 +70,7 @@ class CategoryTotals:
     @property
     def open_total(self) -> Decimal:
         """Every open deal in the quarter's pipeline, omitted ones included (what "what changed" tracks)."""
-        return self.commit + self.best_case + self.pipeline + self.omitted
+        return self.open_pipeline + self.omitted
 
     @property
     def stage_weighted_forecast(self) -> Decimal:
